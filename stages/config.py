@@ -1,0 +1,197 @@
+"""params.yaml: load it, and refuse it with one clear message before any heavy work starts.
+
+Run `python -m stages.config` to check a params file without running anything.
+"""
+import difflib
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+STRATEGIES = ("lora", "ia3", "frozen", "partial", "llrd")
+EXPORT_SOURCES = ("peft", "finetune")
+TRUNCATION = ("head", "tail", "head_tail")
+
+
+class UserError(ValueError):
+    """A problem with the user's params, data or model, worded for them: what is wrong, where, and how to fix it."""
+
+
+def _number(kind, low=None, high=None, low_open=False):
+    def check(value):
+        if low is not None and (value <= low if low_open else value < low):
+            return False
+        return high is None or value <= high
+
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        bounds.append(f"<= {high}")
+    return (kind, check, f"{'an integer' if kind is int else 'a number'} {' and '.join(bounds)}".strip())
+
+
+def _choice(*options):
+    return (str, lambda v: v in options, "one of: " + ", ".join(options))
+
+
+POSITIVE_INT = _number(int, 1)
+COUNT = _number(int, 0)
+OPTIONAL_CAP = ((int, type(None)), lambda v: v is None or v >= 1, "an integer >= 1, or null for no cap")
+FRACTION = _number(float, 0.0, 1.0)
+LEARNING_RATE = _number(float, 0.0, 1.0, low_open=True)
+BOOL = (bool, None, "true or false")
+TEXT = (str, lambda v: bool(v.strip()), "a non-empty string")
+
+SCHEMA = {
+    "seed": COUNT,
+    "strategy": _choice(*STRATEGIES),
+    "model": {
+        "name": (str, lambda v: bool(v.strip()),
+                 "'default' (the bundled all-MiniLM-L6-v2), a local model folder or a Hugging Face Hub id"),
+        "trust_remote_code": BOOL,
+    },
+    "data": {
+        "source": (str, lambda v: bool(v.strip()), "'imdb' or the path of a .csv, .jsonl or .parquet file"),
+        "text_column": TEXT,
+        "label_column": TEXT,
+        "min_chars": COUNT,
+        "max_chars": POSITIVE_INT,
+        "test_fraction": _number(float, 0.0, 0.5, low_open=True),
+        "val_fraction": _number(float, 0.0, 0.5, low_open=True),
+        "pool_fraction": _number(float, 0.0, 0.9),
+        "max_train": OPTIONAL_CAP,
+        "max_val": OPTIONAL_CAP,
+        "max_test": OPTIONAL_CAP,
+        "max_pool": OPTIONAL_CAP,
+    },
+    "pretrain": {
+        "enabled": BOOL,
+        "include_task_texts": BOOL,
+        "mlm_probability": _number(float, 0.0, 1.0, low_open=True),
+        "max_steps": POSITIVE_INT,
+        "learning_rate": LEARNING_RATE,
+        "batch_size": POSITIVE_INT,
+        "max_length": _number(int, 8),
+        "warmup_ratio": FRACTION,
+        "eval_texts": POSITIVE_INT,
+    },
+    "train": {
+        "max_length": _number(int, 8),
+        "truncation": _choice(*TRUNCATION),
+        "batch_size": POSITIVE_INT,
+        "eval_batch_size": POSITIVE_INT,
+        "weight_decay": _number(float, 0.0),
+        "warmup_ratio": FRACTION,
+        "max_grad_norm": _number(float, 0.0, low_open=True),
+        "early_stopping_patience": POSITIVE_INT,
+        "group_by_length": BOOL,
+        "logging_steps": POSITIVE_INT,
+    },
+    "finetune": {"epochs": POSITIVE_INT, "learning_rate": LEARNING_RATE},
+    "peft": {"epochs": POSITIVE_INT},
+    "lora": {
+        "learning_rate": LEARNING_RATE,
+        "r": POSITIVE_INT,
+        "alpha": _number(float, 0.0, low_open=True),
+        "dropout": _number(float, 0.0, 1.0),
+        "target_modules": ((str, list), None, "'auto' or a list of module names"),
+    },
+    "ia3": {"learning_rate": LEARNING_RATE, "target_modules": ((str, list), None, "'auto' or a list of module names")},
+    "frozen": {"learning_rate": LEARNING_RATE},
+    "partial": {"learning_rate": LEARNING_RATE, "top_layers": POSITIVE_INT},
+    "llrd": {"learning_rate": LEARNING_RATE, "decay": _number(float, 0.0, 1.0, low_open=True),
+             "head_learning_rate": LEARNING_RATE},
+    "evaluate": {"batch_size": POSITIVE_INT},
+    "export": {
+        "source": _choice(*EXPORT_SOURCES),
+        "latency_runs": POSITIVE_INT,
+        "latency_warmup": COUNT,
+        "latency_max_length": _number(int, 8),
+    },
+}
+
+_FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _suggest(key, allowed):
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _check_value(where, value, spec):
+    kinds, check, allowed = spec
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if float in kinds and isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
+        value = float(value)  # PyYAML reads 5e-5 (no dot) as a string; DVC's YAML reads it as a number
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    type_ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not type_ok or (check is not None and not check(value)):
+        raise UserError(f"params.yaml: '{where}' is {value!r}; it must be {allowed}.")
+    return value
+
+
+def _validate(section, schema, prefix=""):
+    if not isinstance(section, dict):
+        raise UserError(f"params.yaml: '{prefix.rstrip('.')}' must be a mapping of keys, got {section!r}.")
+    for key in section:
+        if key not in schema:
+            allowed = ", ".join(schema) or "no keys"
+            raise UserError(f"params.yaml: unknown key '{prefix}{key}'.{_suggest(str(key), list(schema))} "
+                              f"Allowed here: {allowed}.")
+    for key, spec in schema.items():
+        if key not in section:
+            raise UserError(f"params.yaml: missing key '{prefix}{key}'. Add it (see README.md for its meaning).")
+        if isinstance(spec, dict):
+            _validate(section[key] if section[key] is not None else {}, spec, f"{prefix}{key}.")
+        else:
+            section[key] = _check_value(prefix + key, section[key], spec)
+
+
+def validate(params):
+    """Check a whole params mapping against SCHEMA and the rules that span keys; return it with numbers coerced."""
+    _validate(params, SCHEMA)
+    for section in ("lora", "ia3"):
+        modules = params[section]["target_modules"]
+        if isinstance(modules, str) and modules != "auto" or isinstance(modules, list) and not modules:
+            raise UserError(f"params.yaml: '{section}.target_modules' is {modules!r}; "
+                              "it must be 'auto' or a non-empty list of module names.")
+    data = params["data"]
+    if data["test_fraction"] + data["val_fraction"] >= 0.9:
+        raise UserError("params.yaml: data.test_fraction + data.val_fraction must leave at least 10% for training.")
+    if data["source"] != "imdb":
+        path = Path(data["source"])
+        if path.suffix.lower() not in (".csv", ".jsonl", ".json", ".parquet"):
+            raise UserError(f"params.yaml: 'data.source' is {data['source']!r}; it must be 'imdb' or a .csv, "
+                              ".jsonl or .parquet file.")
+        if not path.is_file():
+            raise UserError(f"params.yaml: 'data.source' file {str(path)!r} does not exist. "
+                              "Fix the path, or use 'imdb' for the built-in IMDB reviews.")
+    return params
+
+
+def load_params(path=PARAMS_FILE):
+    """Read and validate params.yaml; any problem raises UserError naming the key and what is allowed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found: run from the project root, where params.yaml lives.")
+    try:
+        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise UserError(f"{path} is not valid YAML: {error}") from None
+    return validate(params if params is not None else {})
+
+
+def run_stage(main):
+    """Entry point for a stage: a UserError ends with its message, not a traceback."""
+    try:
+        main(load_params())
+    except UserError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    run_stage(lambda params: print(f"{PARAMS_FILE}: ok (strategy: {params['strategy']})"))

@@ -1,0 +1,44 @@
+"""Stage 5: the full fine-tune and the strategy's model side by side on the test split."""
+from pathlib import Path
+
+import pandas as pd
+
+from stages import data, modeling
+from stages.config import run_stage
+from stages.metrics import classification_report
+from stages.outputs import read_json, write_csv, write_json
+
+MODELS = {"finetune": Path("models/finetuned"), "peft": Path("models/peft/merged")}
+PLOTS = Path("metrics/plots")
+
+
+def main(params):
+    parts, names = data.load_prepared()
+    test = parts["test"]
+    train_cfg = params["train"]
+    results, per_class = {}, []
+    for key, path in MODELS.items():
+        model = modeling.load_saved_classifier(path)
+        probabilities = modeling.predict(model, modeling.load_tokenizer(path), test["text"], train_cfg["max_length"],
+                                         params["evaluate"]["batch_size"], train_cfg["truncation"])
+        predictions = probabilities.argmax(axis=1)
+        results[key] = classification_report(test["label"].to_numpy(), predictions, names)
+        write_csv(PLOTS / f"confusion_{key}.csv", pd.DataFrame(
+            {"actual": [names[i] for i in test["label"]], "predicted": [names[i] for i in predictions]}))
+        per_class += [{"row": f"{name} ({key})", "model": key, "class": name, **scores}
+                      for name, scores in results[key]["per_class"].items()]
+    write_csv(PLOTS / "per_class.csv", pd.DataFrame(per_class))
+    peft = read_json("metrics/peft.json")
+    write_json("metrics/evaluate.json", {
+        "test_rows": len(test),
+        "strategy": params["strategy"],
+        **results,
+        "peft_macro_f1_vs_finetune": results["peft"]["macro_f1"] / max(results["finetune"]["macro_f1"], 1e-12),
+        "peft_trainable_fraction": peft["trainable_fraction"],
+    })
+    print(f"evaluate: test macro-F1 finetune {results['finetune']['macro_f1']:.4f}, "
+          f"{params['strategy']} {results['peft']['macro_f1']:.4f}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

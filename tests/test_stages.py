@@ -1,0 +1,138 @@
+"""Each stage's main() on a tiny random BERT and a toy CSV, in a scratch folder, in pipeline order."""
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stages import evaluate, export, finetune, peft, prepare, pretrain
+from stages.config import validate
+from tests.conftest import tiny_params, toy_texts
+
+
+@pytest.fixture(scope="module")
+def workdir(tiny_bert, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipeline")
+    toy_texts(400).to_csv(folder / "reviews.csv", index=False)
+    params = validate(tiny_params(tiny_bert, folder / "reviews.csv"))
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        for stage in (prepare, pretrain, finetune, peft, evaluate, export):
+            torch.manual_seed(0)
+            stage.main(params)
+        yield folder, params
+    finally:
+        os.chdir(previous)
+
+
+def metrics(folder, name):
+    return json.loads((folder / "metrics" / f"{name}.json").read_text())
+
+
+def test_prepare_writes_disjoint_splits_and_counts(workdir):
+    folder, _ = workdir
+    counts = metrics(folder, "data")
+    assert counts["rows"] == {"train": 160, "validation": 40, "test": 40, "unlabeled": 160}
+    assert counts["rows_per_label"]["train"] == {"negative": 80, "positive": 80}
+    frames = {name: pd.read_parquet(folder / "data/prepared" / f"{name}.parquet")
+              for name in ("train", "validation", "test", "unlabeled")}
+    texts = [set(frame["text"]) for frame in frames.values()]
+    assert sum(map(len, texts)) == len(set().union(*texts)), "no text in two splits"
+
+
+def test_pretrain_lowers_held_out_mlm_loss_and_keeps_the_pooler(workdir, tiny_bert):
+    folder, _ = workdir
+    result = metrics(folder, "pretrain")
+    assert result["mlm_loss_after"] < result["mlm_loss_before"]
+    assert result["perplexity_after"] < result["perplexity_before"]
+    saved = load_file(folder / "models/pretrained/model.safetensors")
+    base = load_file(tiny_bert / "model.safetensors")
+    pooler = [key for key in base if "pooler" in key]
+    assert pooler and all(torch.equal(saved[key], base[key]) for key in pooler)
+    layer = next(key for key in base if "encoder.layer.0.attention.self.query.weight" in key)
+    assert not torch.equal(saved[layer], base[layer]), "the encoder was trained"
+    assert not list((folder / "models").rglob("*.bin")), "safetensors only"
+
+
+def test_finetune_learns_the_toy_task(workdir):
+    folder, _ = workdir
+    result = metrics(folder, "finetune")
+    assert result["val_accuracy"] >= 0.9
+    assert result["trainable_fraction"] == 1.0
+    assert 0 < result["epochs_run"] <= 6 and result["train_seconds"] > 0
+    assert (folder / "models/finetuned/model.safetensors").is_file()
+
+
+def test_peft_saves_adapter_and_merged_model(workdir):
+    folder, _ = workdir
+    result = metrics(folder, "peft")
+    assert result["strategy"] == "lora"
+    assert 0 < result["trainable_fraction"] < 0.5
+    assert result["trainable_params"] < result["total_params"]
+    assert result["peak_memory_mb"] > 0
+    adapter = load_file(folder / "models/peft/trained/adapter_model.safetensors")
+    assert any("lora_A" in key for key in adapter) and any("classifier" in key for key in adapter)
+    assert (folder / "models/peft/merged/model.safetensors").is_file()
+    assert not list(Path(folder).glob("models/*.tmp")), "no temporary folder left behind"
+
+
+def test_evaluate_puts_both_models_side_by_side(workdir):
+    folder, _ = workdir
+    result = metrics(folder, "evaluate")
+    assert result["test_rows"] == 40
+    for key in ("finetune", "peft"):
+        assert 0.0 <= result[key]["macro_f1"] <= 1.0
+        assert sum(map(sum, result[key]["confusion_matrix"])) == 40
+        assert set(result[key]["per_class"]) == {"negative", "positive"}
+    assert result["finetune"]["accuracy"] >= 0.9
+    assert result["peft_macro_f1_vs_finetune"] == pytest.approx(
+        result["peft"]["macro_f1"] / result["finetune"]["macro_f1"])
+    confusion = pd.read_csv(folder / "metrics/plots/confusion_peft.csv")
+    assert len(confusion) == 40 and set(confusion.columns) == {"actual", "predicted"}
+    assert len(pd.read_csv(folder / "metrics/plots/per_class.csv")) == 4
+
+
+def test_export_measures_three_runtimes(workdir):
+    folder, _ = workdir
+    result = metrics(folder, "export")
+    accuracy = result["test_accuracy"]
+    assert abs(accuracy["onnx_fp32"] - accuracy["pytorch_fp32"]) <= 0.05
+    assert abs(result["int8_accuracy_drop"]) <= 0.15
+    for batch in ("batch1", "batch32"):
+        assert set(result["latency_ms"][batch]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}
+        assert all(ms > 0 for ms in result["latency_ms"][batch].values())
+    assert result["size_mb"]["onnx_int8"] < result["size_mb"]["onnx_fp32"]
+    assert (folder / "models/exported/model_quantized.onnx").is_file()
+
+
+def test_pretrain_disabled_passes_the_base_model_through(workdir, tiny_bert, monkeypatch):
+    folder, params = workdir
+    monkeypatch.chdir(folder)
+    pretrain.main({**params, "pretrain": {**params["pretrain"], "enabled": False}})
+    saved = load_file(folder / "models/pretrained/model.safetensors")
+    base = load_file(tiny_bert / "model.safetensors")
+    assert saved.keys() == base.keys() and all(torch.equal(saved[k], base[k]) for k in base)
+    assert metrics(folder, "pretrain") == {"enabled": False}
+
+
+def test_sparse_masked_lm_loss_equals_the_full_models(tiny_bert):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    model = AutoModelForMaskedLM.from_pretrained(tiny_bert).eval()
+    cfg = {"mlm_probability": 0.3, "max_length": 32, "batch_size": 8}
+    batch = pretrain.fixed_masked_batches(toy_texts(8)["review"], tokenizer, cfg, seed=0)[0]
+    sparse = pretrain.sparse_head_model(model)
+    assert isinstance(sparse, pretrain.MaskedPositionsOnly)
+    with torch.no_grad():
+        assert sparse(**batch)["loss"].item() == pytest.approx(model(**batch).loss.item(), rel=1e-5)
+    # and it trains the model it wraps
+    before = model.bert.encoder.layer[0].attention.self.query.weight.clone()
+    sparse.train()
+    sparse(**batch)["loss"].backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert not torch.equal(before, model.bert.encoder.layer[0].attention.self.query.weight)
