@@ -65,9 +65,11 @@ def test_missing_data_file_is_named(tmp_path):
 
 def test_exponent_without_dot_is_a_number(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(default_params()).replace("learning_rate: 5.0e-05", "learning_rate: 5e-5"))
-    assert "5e-5" in path.read_text()
-    assert load_params(path)["finetune"]["learning_rate"] == 5e-5
+    params = default_params()
+    params["finetune"]["learning_rate"] = 7.0e-5
+    path.write_text(yaml.safe_dump(params).replace("learning_rate: 7.0e-05", "learning_rate: 7e-5"))
+    assert "7e-5" in path.read_text()
+    assert load_params(path)["finetune"]["learning_rate"] == 7e-5
 
 
 def test_config_module_refuses_bad_params_with_one_line(tmp_path, monkeypatch):
