@@ -129,7 +129,7 @@ def test_sparse_masked_lm_loss_equals_the_full_models(tiny_bert):
     sparse = pretrain.sparse_head_model(model)
     assert isinstance(sparse, pretrain.MaskedPositionsOnly)
     with torch.no_grad():
-        assert sparse(**batch)["loss"].item() == pytest.approx(model(**batch).loss.item(), rel=1e-5)
+        assert sparse(**batch)["loss"].item() == pytest.approx(model(**batch).loss.item(), rel=1e-4)
     # and it trains the model it wraps
     before = model.bert.encoder.layer[0].attention.self.query.weight.clone()
     sparse.train()

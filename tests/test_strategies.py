@@ -121,7 +121,8 @@ def test_peft_strategies_train_few_weights_that_take_part(tiny_bert, strategy):
         expected = model(**inputs).logits
         plain = strategies.merged(model)
         assert type(plain).__name__ == "BertForSequenceClassification"
-        assert torch.allclose(plain(**inputs).logits, expected, atol=1e-5)
+        # float32 sums in a different order: agreement to 1e-4 (machines with other SIMD differ at 1e-5)
+        assert torch.allclose(plain(**inputs).logits, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_lora_trainable_fraction_is_small(tiny_bert):
