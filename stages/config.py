@@ -10,7 +10,9 @@ from pathlib import Path
 import yaml
 
 PARAMS_FILE = Path("params.yaml")
-STRATEGIES = ("lora", "ia3", "frozen", "partial", "llrd")
+STRATEGIES = ("lora", "ia3", "prefix", "prompt", "adapter", "adapter_stack", "frozen", "partial", "gradual", "llrd",
+              "scratch")
+ADAPTER_KINDS = ("pfeiffer", "houlsby")
 EXPORT_SOURCES = ("peft", "finetune")
 TRUNCATION = ("head", "tail", "head_tail")
 
@@ -104,6 +106,16 @@ SCHEMA = {
     "partial": {"learning_rate": LEARNING_RATE, "top_layers": POSITIVE_INT},
     "llrd": {"learning_rate": LEARNING_RATE, "decay": _number(float, 0.0, 1.0, low_open=True),
              "head_learning_rate": LEARNING_RATE},
+    "gradual": {"learning_rate": LEARNING_RATE, "decay": _number(float, 0.0, 1.0, low_open=True),
+                "head_learning_rate": LEARNING_RATE, "unfreeze_every": POSITIVE_INT,
+                "unfreeze_unit": _choice("steps", "epochs")},
+    "prefix": {"learning_rate": LEARNING_RATE, "num_virtual_tokens": POSITIVE_INT},
+    "prompt": {"learning_rate": LEARNING_RATE, "num_virtual_tokens": POSITIVE_INT, "init_text": (str, None, "a string")},
+    "adapter": {"learning_rate": LEARNING_RATE, "kind": _choice(*ADAPTER_KINDS), "reduction_factor": POSITIVE_INT},
+    "adapter_stack": {"learning_rate": LEARNING_RATE, "kind": _choice(*ADAPTER_KINDS),
+                      "reduction_factor": POSITIVE_INT, "domain_steps": POSITIVE_INT,
+                      "domain_learning_rate": LEARNING_RATE},
+    "scratch": {"learning_rate": LEARNING_RATE},
     "evaluate": {"batch_size": POSITIVE_INT},
     "export": {
         "source": _choice(*EXPORT_SOURCES),
@@ -130,7 +142,9 @@ def _check_value(where, value, spec):
         value = float(value)
     type_ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
     if not type_ok or (check is not None and not check(value)):
-        raise UserError(f"params.yaml: '{where}' is {value!r}; it must be {allowed}.")
+        options = allowed.split(": ", 1)[1].split(", ") if allowed.startswith("one of: ") else []
+        hint = _suggest(value, options) if isinstance(value, str) else ""
+        raise UserError(f"params.yaml: '{where}' is {value!r}; it must be {allowed}.{hint}")
     return value
 
 

@@ -3,12 +3,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages import data, modeling
+from stages import data, modeling, strategies
 from stages.config import run_stage
 from stages.metrics import classification_report
 from stages.outputs import read_json, write_csv, write_json
 
-MODELS = {"finetune": Path("models/finetuned"), "peft": Path("models/peft/merged")}
+PRETRAINED = Path("models/pretrained")
 PLOTS = Path("metrics/plots")
 
 
@@ -17,9 +17,11 @@ def main(params):
     test = parts["test"]
     train_cfg = params["train"]
     results, per_class = {}, []
-    for key, path in MODELS.items():
-        model = modeling.load_saved_classifier(path)
-        probabilities = modeling.predict(model, modeling.load_tokenizer(path), test["text"], train_cfg["max_length"],
+    tokenizer = modeling.load_tokenizer(PRETRAINED)
+    models = {"finetune": modeling.load_saved_classifier("models/finetuned"),
+              "peft": strategies.load_adapted("models/peft", PRETRAINED)}
+    for key, model in models.items():
+        probabilities = modeling.predict(model, tokenizer, test["text"], train_cfg["max_length"],
                                          params["evaluate"]["batch_size"], train_cfg["truncation"])
         predictions = probabilities.argmax(axis=1)
         results[key] = classification_report(test["label"].to_numpy(), predictions, names)

@@ -3,22 +3,45 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import data, exporting, modeling
+from stages import data, exporting, modeling, strategies
 from stages.config import run_stage
 from stages.outputs import atomic_dir, read_json, write_json
 
-SOURCES = {"peft": Path("models/peft/merged"), "finetune": Path("models/finetuned")}
+PRETRAINED = Path("models/pretrained")
+PEFT_DIR = Path("models/peft")
 OUT_DIR = Path("models/exported")
+
+
+def safetensors_mb(*folders):
+    return sum(exporting.size_mb(path) for folder in folders for path in Path(folder).rglob("*.safetensors"))
+
+
+def export_source(source, out):
+    """Export the full fine-tune or the strategy's model into `out`; return (PyTorch model, its size in MB).
+
+    A plain model (the fine-tune, or a strategy merged into one) goes through optimum-onnx; prompt and
+    prefix tuning and bottleneck adapters have no plain form, so the assembled model is traced."""
+    if source == "finetune":
+        folder = Path("models/finetuned")
+    elif read_json(PEFT_DIR / strategies.STRATEGY_FILE)["mergeable"]:
+        folder = PEFT_DIR / "merged"
+    else:
+        model = strategies.load_adapted(PEFT_DIR, PRETRAINED)
+        exporting.export_onnx_traced(model, modeling.load_tokenizer(PRETRAINED), out)
+        return model, safetensors_mb(PRETRAINED, PEFT_DIR / "trained")
+    exporting.export_onnx(folder, out)
+    return modeling.load_saved_classifier(folder), safetensors_mb(folder)
 
 
 def main(params):
     cfg, train_cfg = params["export"], params["train"]
-    source = SOURCES[cfg["source"]]
     parts, _ = data.load_prepared()
     test = parts["test"]
-    tokenizer = modeling.load_tokenizer(source)
+    tokenizer = modeling.load_tokenizer(PRETRAINED)
     with atomic_dir(OUT_DIR) as out:
-        fp32_path = exporting.export_onnx(source, out)
+        model, torch_mb = export_source(cfg["source"], out)
+        tokenizer.save_pretrained(out)  # the folder is a model a user can ship: ONNX files, config, tokenizer
+        fp32_path = out / exporting.FP32_FILE
         int8_path = exporting.quantize_int8(out)
         sessions = {"onnx_fp32": exporting.onnx_session(fp32_path), "onnx_int8": exporting.onnx_session(int8_path)}
         accuracy = {}
@@ -26,18 +49,18 @@ def main(params):
             predictions = exporting.onnx_predict(session, tokenizer, test["text"], train_cfg["max_length"],
                                                  train_cfg["eval_batch_size"], train_cfg["truncation"])
             accuracy[name] = float(np.mean(predictions == test["label"].to_numpy()))
-        model = modeling.load_saved_classifier(source)
         latency = {}
         for batch_size in (1, 32):
             batch = exporting.fixed_batch(tokenizer, test["text"].tolist(), batch_size, cfg["latency_max_length"])
             runs = max(1, cfg["latency_runs"] // (4 if batch_size > 1 else 1))
             timings = exporting.latencies(model, sessions, batch, runs, cfg["latency_warmup"])
             latency[f"batch{batch_size}"] = {name: round(ms, 2) for name, ms in timings.items()}
-        sizes = {"pytorch_fp32": exporting.size_mb(source / "model.safetensors"),
-                 "onnx_fp32": exporting.size_mb(fp32_path), "onnx_int8": exporting.size_mb(int8_path)}
+        sizes = {"pytorch_fp32": torch_mb, "onnx_fp32": exporting.size_mb(fp32_path),
+                 "onnx_int8": exporting.size_mb(int8_path)}
     torch_accuracy = read_json("metrics/evaluate.json")[cfg["source"]]["accuracy"]
     write_json("metrics/export.json", {
         "source": cfg["source"],
+        "strategy": params["strategy"] if cfg["source"] == "peft" else "full fine-tune",
         "test_accuracy": {"pytorch_fp32": torch_accuracy, **accuracy},
         "int8_accuracy_drop": torch_accuracy - accuracy["onnx_int8"],
         "size_mb": {name: round(mb, 2) for name, mb in sizes.items()},

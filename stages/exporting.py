@@ -18,6 +18,33 @@ def export_onnx(model_dir, out_dir):
     return Path(out_dir) / FP32_FILE
 
 
+class LogitsOnly(torch.nn.Module):
+    """input_ids, attention_mask -> logits: the whole graph a classifier needs, whatever wraps the model."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def export_onnx_traced(model, tokenizer, out_dir):
+    """Export a model optimum has no recipe for (prompt or prefix tuning, bottleneck adapters) by tracing it
+    with dynamic batch and sequence axes; its config and tokenizer go beside it, as optimum does."""
+    out_dir = Path(out_dir)
+    sample = tokenizer(["a sample text", "a second, longer sample text"], padding=True, return_tensors="pt")
+    dynamic = {name: {0: "batch_size", 1: "sequence_length"} for name in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        torch.onnx.export(LogitsOnly(model.eval()), (sample["input_ids"], sample["attention_mask"]),
+                          str(out_dir / FP32_FILE), input_names=["input_ids", "attention_mask"],
+                          output_names=["logits"], dynamic_axes={**dynamic, "logits": {0: "batch_size"}},
+                          opset_version=17, dynamo=False)
+    model.config.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir / FP32_FILE
+
+
 def quantization_config():
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 

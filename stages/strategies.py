@@ -1,139 +1,88 @@
 """Adaptation strategies: each turns a pretrained classifier into what the peft stage trains.
 
-`prepare(strategy, model, params)` returns the model to train and, where the strategy needs its own
-learning rates, the optimizer's parameter groups. `merged(model)` gives back a plain transformers model
-for evaluation and export.
+`prepare(strategy, model, params, ...)` returns a Plan: the model to train, the optimizer's parameter groups
+where the strategy sets its own learning rates, and Trainer callbacks. `save_adapted` writes what trained
+(and a plain merged model where the strategy folds in); `load_adapted` rebuilds the model for evaluation.
 """
-import torch
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from stages import injected
 from stages.config import UserError
+from stages.layerwise import (GradualUnfreezing, encoder_layers, freeze_all_but, head_parameters,
+                              layerwise_groups)
+from stages.outputs import read_json, write_json
 
-# architectures peft's own tables leave out
-EXTRA_LORA_TARGETS = {"distilbert": ["q_lin", "v_lin"]}
-
-
-def encoder_layers(model):
-    """The transformer blocks of the backbone, bottom first: the longest ModuleList inside base_model."""
-    lists = [m for m in model.base_model.modules() if isinstance(m, torch.nn.ModuleList)]
-    if not lists:
-        raise UserError(f"{type(model).__name__} has no list of transformer layers; use strategy lora or frozen.")
-    return max(lists, key=len)
+# the ones whose trained weights cannot fold into the plain architecture: evaluation and export rebuild them
+NOT_MERGEABLE = ("prefix", "prompt", "adapter", "adapter_stack")
+STRATEGY_FILE = "strategy.json"
 
 
-def _head_parameters(model):
-    base = {id(p) for p in model.base_model.parameters()}
-    return [p for p in model.parameters() if id(p) not in base]
+@dataclass
+class Plan:
+    model: object
+    param_groups: list = None
+    callbacks: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)  # what the strategy measured before the task training
 
 
-def freeze_all_but(model, trainable):
-    keep = {id(p) for p in trainable}
-    for parameter in model.parameters():
-        parameter.requires_grad = id(parameter) in keep
+def _frozen(model, params, **_):
+    freeze_all_but(model, head_parameters(model))
+    return Plan(model)
 
 
-def _linear_names(model):
-    return sorted({name.rsplit(".", 1)[-1] for name, m in model.base_model.named_modules()
-                   if isinstance(m, torch.nn.Linear)})
-
-
-def target_modules(model, wanted, mapping, section):
-    """Resolve `section.target_modules`: 'auto' looks the architecture up in peft's table; a list is checked."""
-    available = _linear_names(model)
-    if wanted == "auto":
-        wanted = mapping.get(model.config.model_type)
-        if not wanted:
-            raise UserError(f"no default {section} target modules for model type {model.config.model_type!r}; "
-                            f"set {section}.target_modules to some of its linear layers: {', '.join(available)}.")
-        return list(wanted)
-    missing = [name for name in wanted if name not in available]
-    if missing:
-        raise UserError(f"{section}.target_modules names {missing}, which this model does not have; "
-                        f"its linear layers are: {', '.join(available)}.")
-    return list(wanted)
-
-
-def _lora(model, params):
-    from peft import LoraConfig, TaskType, get_peft_model
-    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
-
-    cfg = params["lora"]
-    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
-                        target_modules=target_modules(model, cfg["target_modules"],
-                                                      {**EXTRA_LORA_TARGETS, **mapping}, "lora"))
-    return get_peft_model(model, config), None
-
-
-def _ia3(model, params):
-    from peft import IA3Config, TaskType, get_peft_model
-    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as feedforward
-    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as mapping
-
-    targets = target_modules(model, params["ia3"]["target_modules"], mapping, "ia3")
-    ff = [name for name in feedforward.get(model.config.model_type, []) if name in targets]
-    config = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=targets, feedforward_modules=ff)
-    return get_peft_model(model, config), None
-
-
-def _frozen(model, params):
-    freeze_all_but(model, _head_parameters(model))
-    return model, None
-
-
-def _partial(model, params):
+def _partial(model, params, **_):
     layers = encoder_layers(model)
     top = params["partial"]["top_layers"]
     if top > len(layers):
         raise UserError(f"partial.top_layers is {top} but the model has only {len(layers)} encoder layers; "
                         f"choose 1 to {len(layers)}.")
-    trainable = _head_parameters(model) + [p for layer in layers[len(layers) - top:] for p in layer.parameters()]
+    trainable = head_parameters(model) + [p for layer in layers[len(layers) - top:] for p in layer.parameters()]
     freeze_all_but(model, trainable)
-    return model, None
+    return Plan(model)
 
 
-def layerwise_groups(model, learning_rate, decay, head_learning_rate, weight_decay):
-    """Optimizer groups with lr x decay^depth, depth counted from the top layer (0) down to the embeddings.
-
-    Parameters of the backbone outside the layers (embeddings, pooler) take the depth of the nearest end:
-    whatever comes before the first layer in the module order is embeddings, the rest sits on top."""
-    layers = encoder_layers(model)
-    depth_of = {}
-    for index, layer in enumerate(layers):
-        for parameter in layer.parameters():
-            depth_of[id(parameter)] = len(layers) - 1 - index
-    first_layer = id(next(layers[0].parameters()))
-    below = True
-    head = {id(p) for p in _head_parameters(model)}
-    groups = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        if id(parameter) == first_layer:
-            below = False
-        if id(parameter) in head:
-            key, lr = "head", head_learning_rate
-        else:
-            depth = depth_of.get(id(parameter), len(layers) if below else 0)
-            key, lr = f"depth{depth}", learning_rate * decay ** depth
-        no_decay = parameter.ndim < 2  # biases and LayerNorm weights
-        group = groups.setdefault((key, no_decay), {"params": [], "lr": lr, "name": key,
-                                                   "weight_decay": 0.0 if no_decay else weight_decay})
-        group["params"].append(parameter)
-    return list(groups.values())
-
-
-def _llrd(model, params):
+def _llrd(model, params, **_):
     cfg = params["llrd"]
+    return Plan(model, layerwise_groups(model, cfg["learning_rate"], cfg["decay"], cfg["head_learning_rate"],
+                                        params["train"]["weight_decay"]))
+
+
+def _gradual(model, params, **_):
+    cfg = params["gradual"]
     groups = layerwise_groups(model, cfg["learning_rate"], cfg["decay"], cfg["head_learning_rate"],
-                              params["train"]["weight_decay"])
-    return model, groups
+                              params["train"]["weight_decay"], only_trainable=False)
+    return Plan(model, groups, [GradualUnfreezing(model, cfg["unfreeze_every"], cfg["unfreeze_unit"])])
 
 
-STRATEGIES = {"lora": _lora, "ia3": _ia3, "frozen": _frozen, "partial": _partial, "llrd": _llrd}
+def _scratch(model, params, **_):
+    """The same architecture and tokenizer with random weights: what the model would be without pretraining."""
+    return Plan(type(model)(model.config))
 
 
-def prepare(strategy, model, params):
-    """Apply `strategy` to `model`; returns (model to train, optimizer parameter groups or None)."""
-    return STRATEGIES[strategy](model, params)
+def _adapter_stack(model, params, work_dir=None, tokenizer=None, domain_texts=None, **_):
+    if not domain_texts:
+        raise UserError("adapter_stack trains its domain adapter on the unlabeled pool, which is empty: "
+                        "raise data.pool_fraction, or use strategy adapter.")
+    seconds = injected.train_domain_adapter(model.config._name_or_path, tokenizer, domain_texts, params, work_dir)
+    return Plan(injected.adapter_stack(model, params, Path(work_dir) / injected.DOMAIN),
+                metrics={"domain_adapter_seconds": round(seconds, 1)})
+
+
+def _injected(build):
+    return lambda model, params, **_: Plan(build(model, params))
+
+
+STRATEGIES = {
+    "lora": _injected(injected.lora), "ia3": _injected(injected.ia3), "prefix": _injected(injected.prefix),
+    "prompt": _injected(injected.prompt), "adapter": _injected(injected.adapter), "adapter_stack": _adapter_stack,
+    "frozen": _frozen, "partial": _partial, "gradual": _gradual, "llrd": _llrd, "scratch": _scratch,
+}
+
+
+def prepare(strategy, model, params, **context):
+    """Apply `strategy` to `model`. context: work_dir, tokenizer and domain_texts, for adapter_stack."""
+    return STRATEGIES[strategy](model, params, **context)
 
 
 def merged(model):
@@ -141,3 +90,50 @@ def merged(model):
     from peft import PeftModel
 
     return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+
+def save_adapted(model, strategy, tokenizer, out_dir):
+    """out_dir/trained: only what the strategy trained; out_dir/merged: the plain model, where one exists."""
+    from peft import PeftModel
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    trained, adapters = out_dir / "trained", None
+    if isinstance(model, PeftModel):
+        model.save_pretrained(trained, safe_serialization=True)
+    elif injected.uses_adapters_library(model):
+        trained.mkdir(parents=True)
+        adapters = injected.save_adapters(model, trained)
+    else:
+        trained.mkdir(parents=True)
+        save_file({name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad},
+                  trained / "trainable.safetensors")
+    tokenizer.save_pretrained(trained)
+    model.config.save_pretrained(trained)  # labels and architecture, to rebuild the model around the weights
+    if strategy not in NOT_MERGEABLE:
+        plain = merged(model)
+        plain.save_pretrained(out_dir / "merged", safe_serialization=True)
+        tokenizer.save_pretrained(out_dir / "merged")
+    write_json(out_dir / STRATEGY_FILE, {"strategy": strategy, "mergeable": strategy not in NOT_MERGEABLE,
+                                         "adapters": adapters})
+
+
+def load_adapted(peft_dir, base_dir):
+    """The strategy's model for inference: the merged plain model, or the base with the trained weights put back."""
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from stages.modeling import load_saved_classifier
+
+    peft_dir = Path(peft_dir)
+    if not (peft_dir / STRATEGY_FILE).is_file():
+        raise UserError(f"{peft_dir} holds no trained strategy; run the peft stage (`dvc repro peft`).")
+    saved = read_json(peft_dir / STRATEGY_FILE)
+    if saved["mergeable"]:
+        return load_saved_classifier(peft_dir / "merged")
+    trained = peft_dir / "trained"
+    config = AutoConfig.from_pretrained(trained)
+    base = AutoModelForSequenceClassification.from_pretrained(base_dir, config=config, use_safetensors=True)
+    if saved["adapters"]:
+        return injected.load_adapters(base, trained, saved["adapters"]).eval()
+    return PeftModel.from_pretrained(base, trained).eval()

@@ -31,7 +31,8 @@ def training_arguments(output_dir, train_cfg, epochs, learning_rate, seed):
         bf16=cuda and torch.cuda.is_bf16_supported(), use_cpu=not cuda)
 
 
-def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, output_dir, param_groups=None):
+def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, output_dir, param_groups=None,
+                     callbacks=()):
     """Train on parts['train'], pick the best epoch by validation macro-F1, stop early; return metrics."""
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 
@@ -45,7 +46,7 @@ def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, out
         model=model, args=args, processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
         train_dataset=to_dataset(parts["train"], **encode), eval_dataset=to_dataset(parts["validation"], **encode),
         compute_metrics=trainer_metrics, optimizers=(optimizer, None),
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=train_cfg["early_stopping_patience"])])
+        callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=train_cfg["early_stopping_patience"])])
     started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - started

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from stages.config import UserError, load_params, validate
+from stages.config import STRATEGIES, UserError, load_params, validate
 from tests.conftest import default_params
 
 
@@ -27,7 +27,7 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
 def test_misspelt_strategy_lists_the_allowed_ones():
     params = default_params()
     params["strategy"] = "lorra"
-    with pytest.raises(UserError, match=r"'strategy' is 'lorra'.*one of: lora, ia3, frozen"):
+    with pytest.raises(UserError, match=r"'strategy' is 'lorra'; it must be one of: lora, ia3, prefix.*Did you mean 'lora'"):
         validate(params)
 
 
@@ -86,3 +86,18 @@ def test_config_module_refuses_bad_params_with_one_line(tmp_path, monkeypatch):
     assert result.returncode == 1
     assert result.stderr.startswith("error: params.yaml: 'strategy' is 'nope'")
     assert "Traceback" not in result.stderr
+
+
+def test_a_key_from_another_strategys_section_is_refused():
+    params = default_params()
+    params["prompt"]["reduction_factor"] = 16
+    with pytest.raises(UserError, match=r"unknown key 'prompt.reduction_factor'.*Allowed here: learning_rate, "
+                                        r"num_virtual_tokens, init_text"):
+        validate(params)
+
+
+def test_every_strategy_has_its_section_with_a_learning_rate():
+    params = default_params()
+    for strategy in STRATEGIES:
+        assert "learning_rate" in params[strategy], strategy
+        validate({**params, "strategy": strategy})

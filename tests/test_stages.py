@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stages import evaluate, export, finetune, peft, prepare, pretrain
+from stages import evaluate, export, finetune, masked_lm, peft, prepare, pretrain
 from stages.config import validate
 from tests.conftest import tiny_params, toy_texts
 
@@ -125,9 +125,9 @@ def test_sparse_masked_lm_loss_equals_the_full_models(tiny_bert):
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     model = AutoModelForMaskedLM.from_pretrained(tiny_bert).eval()
     cfg = {"mlm_probability": 0.3, "max_length": 32, "batch_size": 8}
-    batch = pretrain.fixed_masked_batches(toy_texts(8)["review"], tokenizer, cfg, seed=0)[0]
-    sparse = pretrain.sparse_head_model(model)
-    assert isinstance(sparse, pretrain.MaskedPositionsOnly)
+    batch = masked_lm.fixed_masked_batches(toy_texts(8)["review"], tokenizer, cfg, seed=0)[0]
+    sparse = masked_lm.sparse_head_model(model)
+    assert isinstance(sparse, masked_lm.MaskedPositionsOnly)
     with torch.no_grad():
         assert sparse(**batch)["loss"].item() == pytest.approx(model(**batch).loss.item(), rel=1e-4)
     # and it trains the model it wraps
@@ -136,3 +136,35 @@ def test_sparse_masked_lm_loss_equals_the_full_models(tiny_bert):
     sparse(**batch)["loss"].backward()
     torch.optim.SGD(model.parameters(), lr=0.1).step()
     assert not torch.equal(before, model.bert.encoder.layer[0].attention.self.query.weight)
+
+
+@pytest.mark.parametrize("strategy", ["prefix", "adapter_stack", "gradual", "scratch"])
+def test_every_kind_of_strategy_runs_peft_evaluate_export(workdir, tmp_path, monkeypatch, strategy):
+    """Strategies that fold into a plain model and ones that don't (prefix, adapters) all reach an int8 ONNX model
+    whose test accuracy matches the PyTorch model's."""
+    import shutil
+
+    folder, params = workdir
+    run = tmp_path / "run"
+    shutil.copytree(folder, run, ignore=shutil.ignore_patterns("exported"))
+    monkeypatch.chdir(run)
+    params = {**params, "strategy": strategy, "peft": {"epochs": 2},
+              "adapter_stack": {**params["adapter_stack"], "domain_steps": 5, "reduction_factor": 4},
+              "gradual": {**params["gradual"], "unfreeze_every": 4}}
+    for stage in (peft, evaluate, export):
+        torch.manual_seed(0)
+        stage.main(params)
+    result = metrics(run, "peft")
+    assert result["strategy"] == strategy
+    expected_fraction = {"prefix": (0, 0.5), "adapter_stack": (0, 0.5), "gradual": (1.0, 1.0), "scratch": (1.0, 1.0)}
+    low, high = expected_fraction[strategy]
+    assert low <= result["trainable_fraction"] <= high
+    mergeable = strategy not in ("prefix", "adapter_stack")
+    assert (run / "models/peft/merged").is_dir() == mergeable
+    assert metrics(run, "evaluate")["strategy"] == strategy
+    exported = metrics(run, "export")
+    assert exported["strategy"] == strategy
+    accuracy = exported["test_accuracy"]
+    assert abs(accuracy["onnx_fp32"] - accuracy["pytorch_fp32"]) <= 0.05, "the ONNX graph computes the same model"
+    assert (run / "models/exported/model_quantized.onnx").is_file()
+    assert (run / "models/exported/tokenizer.json").is_file() or (run / "models/exported/vocab.txt").is_file()

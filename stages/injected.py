@@ -1,0 +1,156 @@
+"""Strategies that inject a few new trainable weights into a frozen model: peft's LoRA, IA3, prefix and prompt
+tuning, and the adapters library's bottleneck adapters (alone, or stacked on a masked-LM domain adapter)."""
+from pathlib import Path
+
+import torch
+
+from stages.config import UserError
+
+# architectures peft's own tables leave out
+EXTRA_LORA_TARGETS = {"distilbert": ["q_lin", "v_lin"]}
+DOMAIN, TASK = "domain", "task"
+
+
+def _linear_names(model):
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.base_model.named_modules()
+                   if isinstance(m, torch.nn.Linear)})
+
+
+def target_modules(model, wanted, mapping, section):
+    """Resolve `section.target_modules`: 'auto' looks the architecture up in peft's table; a list is checked."""
+    available = _linear_names(model)
+    if wanted == "auto":
+        wanted = mapping.get(model.config.model_type)
+        if not wanted:
+            raise UserError(f"no default {section} target modules for model type {model.config.model_type!r}; "
+                            f"set {section}.target_modules to some of its linear layers: {', '.join(available)}.")
+        return list(wanted)
+    missing = [name for name in wanted if name not in available]
+    if missing:
+        raise UserError(f"{section}.target_modules names {missing}, which this model does not have; "
+                        f"its linear layers are: {', '.join(available)}.")
+    return list(wanted)
+
+
+def lora(model, params):
+    from peft import LoraConfig, TaskType, get_peft_model
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
+
+    cfg = params["lora"]
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
+                        target_modules=target_modules(model, cfg["target_modules"],
+                                                      {**EXTRA_LORA_TARGETS, **mapping}, "lora"))
+    return get_peft_model(model, config)
+
+
+def ia3(model, params):
+    from peft import IA3Config, TaskType, get_peft_model
+    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as feedforward
+    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as mapping
+
+    targets = target_modules(model, params["ia3"]["target_modules"], mapping, "ia3")
+    ff = [name for name in feedforward.get(model.config.model_type, []) if name in targets]
+    config = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=targets, feedforward_modules=ff)
+    return get_peft_model(model, config)
+
+
+def prefix(model, params):
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+
+    config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=params["prefix"]["num_virtual_tokens"])
+    return get_peft_model(model, config)
+
+
+def prompt(model, params):
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
+    cfg = params["prompt"]
+    from_text = dict(prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text=cfg["init_text"],
+                     tokenizer_name_or_path=model.config._name_or_path) if cfg["init_text"].strip() else {}
+    config = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=cfg["num_virtual_tokens"], **from_text)
+    return get_peft_model(model, config)
+
+
+def bottleneck_config(cfg):
+    from adapters import DoubleSeqBnConfig, SeqBnConfig
+
+    kind = DoubleSeqBnConfig if cfg["kind"] == "houlsby" else SeqBnConfig
+    return kind(reduction_factor=cfg["reduction_factor"])
+
+
+def adapter(model, params):
+    """A bottleneck adapter after each layer's feed-forward block (Pfeiffer) or after both blocks (Houlsby)."""
+    import adapters
+
+    adapters.init(model)
+    model.add_adapter(TASK, config=bottleneck_config(params["adapter"]))
+    model.train_adapter(TASK)  # freezes the backbone; the classifier of a plain transformers model stays trainable
+    return model
+
+
+def train_domain_adapter(base_dir, tokenizer, texts, params, out_dir):
+    """Train a bottleneck adapter with masked-LM on the domain texts; save it to out_dir for the task model."""
+    import adapters
+    from transformers import AutoModelForMaskedLM
+
+    from stages.masked_lm import train_masked_lm
+
+    cfg = params["adapter_stack"]
+    model = AutoModelForMaskedLM.from_pretrained(base_dir, use_safetensors=True)
+    adapters.init(model)
+    model.add_adapter(DOMAIN, config=bottleneck_config(cfg))
+    model.train_adapter(DOMAIN)
+    # the MLM head's transform starts fresh when the encoder ships without one: it must learn beside the adapter
+    base = {id(p) for p in model.base_model.parameters()}
+    for parameter in model.parameters():
+        if id(parameter) not in base:
+            parameter.requires_grad = True
+    seconds = train_masked_lm(model, tokenizer, texts, params["pretrain"], params["seed"], Path(out_dir) / "mlm",
+                              cfg["domain_steps"], cfg["domain_learning_rate"])
+    model.save_adapter(str(Path(out_dir) / DOMAIN), DOMAIN, with_head=False, use_safetensors=True)
+    return seconds
+
+
+def adapter_stack(model, params, domain_adapter_dir):
+    """A task adapter stacked on a domain adapter (adapters' Stack): only the task adapter and classifier train."""
+    import adapters
+    from adapters.composition import Stack
+
+    adapters.init(model)
+    model.load_adapter(str(domain_adapter_dir), load_as=DOMAIN, with_head=False, use_safetensors=True)
+    model.add_adapter(TASK, config=bottleneck_config(params["adapter_stack"]))
+    model.train_adapter(TASK)
+    model.active_adapters = Stack(DOMAIN, TASK)
+    return model
+
+
+def uses_adapters_library(model):
+    return hasattr(model, "adapters_config")
+
+
+def save_adapters(model, out_dir):
+    """Each adapter in its own folder, and the classifier beside them (the adapters library leaves it out)."""
+    from safetensors.torch import save_file
+
+    names = list(model.adapters_config.adapters)
+    for name in names:
+        model.save_adapter(str(Path(out_dir) / name), name, with_head=False, use_safetensors=True)
+    base = {id(p) for p in model.base_model.parameters()}
+    head = {name: p.detach().contiguous() for name, p in model.named_parameters() if id(p) not in base}
+    save_file(head, Path(out_dir) / "head.safetensors")
+    return names
+
+
+def load_adapters(model, trained_dir, names):
+    import adapters
+    from adapters.composition import Stack
+    from safetensors.torch import load_file
+
+    adapters.init(model)
+    for name in names:
+        model.load_adapter(str(Path(trained_dir) / name), load_as=name, with_head=False, use_safetensors=True)
+    unexpected = model.load_state_dict(load_file(Path(trained_dir) / "head.safetensors"), strict=False).unexpected_keys
+    if unexpected:
+        raise UserError(f"{trained_dir}/head.safetensors holds weights this model lacks: {unexpected}; re-run peft.")
+    model.active_adapters = Stack(*names) if len(names) > 1 else names[0]
+    return model
