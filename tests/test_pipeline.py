@@ -91,3 +91,31 @@ def test_plots_render(repo):
     run(["dvc", "plots", "show", "-o", "plots_html"], folder)
     html = (folder / "plots_html/index.html").read_text()
     assert html.count("vega") > 0 and "Confusion matrix" in html
+
+
+def test_editing_another_strategys_section_reruns_nothing(repo):
+    folder, _ = repo
+    params_file = folder / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    assert params["strategy"] == "lora"
+    try:
+        params["prefix"]["num_virtual_tokens"] += 1
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert "up to date" in run(["dvc", "status"], folder).lower()
+        params["lora"]["r"] += 1
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert "peft" in run(["dvc", "status"], folder)
+    finally:
+        params_file.write_text(original)
+
+
+def test_queued_sweep_over_strategies_reads_as_a_table(repo):
+    folder, _ = repo
+    run(["dvc", "exp", "run", "--queue", "-S", "strategy=prompt,adapter_stack"], folder)
+    output = run(["dvc", "exp", "run", "--run-all", "--jobs", "1"], folder)
+    assert "Failed" not in output
+    table = run(["dvc", "exp", "show", "--md", "--no-pager"], folder)
+    for strategy in ("prompt", "adapter_stack"):
+        assert strategy in table
+    assert "trainable_fraction" in table

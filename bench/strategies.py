@@ -1,0 +1,126 @@
+"""Every strategy side by side on the default data, in one run: test macro-F1, trainable fraction, train time.
+
+    python bench/strategies.py                      # all strategies + the full fine-tune, params.yaml's caps
+    python bench/strategies.py --max-train 200 --scratch-labels 2000 --name low_resource
+    python bench/strategies.py --strategies lora,frozen --name quick
+
+Needs data/prepared and models/pretrained (`dvc repro pretrain`). Each strategy trains exactly as the peft
+stage would (same params, seed, Trainer) and is scored on the test split. Results go to bench/results/<name>.json
+(written after each strategy, so a stopped run keeps what it measured), bench/<name>.md and bench/<name>.png.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from stages import data, modeling, strategies  # noqa: E402
+from stages.config import STRATEGIES, load_params  # noqa: E402
+from stages.metrics import classification_report  # noqa: E402
+from stages.training import train_classifier  # noqa: E402
+
+PRETRAINED = ROOT / "models/pretrained"
+FULL = "full fine-tune"
+
+
+def run_one(name, params, parts, names, tokenizer, train_rows):
+    torch.manual_seed(params["seed"])
+    base = modeling.load_classifier(PRETRAINED, names)
+    if name == FULL:
+        plan, epochs, lr = strategies.Plan(base), params["finetune"]["epochs"], params["finetune"]["learning_rate"]
+    else:
+        plan = strategies.prepare(name, base, params, work_dir=ROOT / "checkpoints/bench-domain", tokenizer=tokenizer,
+                                  domain_texts=parts[data.POOL]["text"].tolist())
+        epochs, lr = params["peft"]["epochs"], params[name]["learning_rate"]
+    run_parts = {**parts, "train": data._take(parts["train"], train_rows, params["seed"])[0]}
+    summary = train_classifier(plan.model, tokenizer, run_parts, params, epochs, lr, ROOT / "checkpoints/bench",
+                               plan.param_groups, plan.callbacks)
+    started = time.perf_counter()
+    test = parts["test"]
+    probabilities = modeling.predict(plan.model, tokenizer, test["text"], params["train"]["max_length"],
+                                     params["evaluate"]["batch_size"], params["train"]["truncation"])
+    report = classification_report(test["label"].to_numpy(), probabilities.argmax(axis=1), names)
+    return {"strategy": name, "train_rows": len(run_parts["train"]), **summary, **plan.metrics,
+            "test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"],
+            "test_seconds": round(time.perf_counter() - started, 1)}
+
+
+def table(results):
+    full = next((r for r in results if r["strategy"] == FULL), None)
+    lines = ["| strategy | labels | trainable params | fraction | train s | test macro-F1 | vs full FT | test acc |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        seconds = r["train_seconds"] + r.get("domain_adapter_seconds", 0)
+        ratio = f"{r['test_macro_f1'] / full['test_macro_f1']:.3f}" if full else "-"
+        lines.append(f"| {r['strategy']} | {r['train_rows']} | {r['trainable_params']:,} | "
+                     f"{r['trainable_fraction']:.2%} | {seconds:.0f} | {r['test_macro_f1']:.4f} | {ratio} | "
+                     f"{r['test_accuracy']:.4f} |")
+    return "\n".join(lines)
+
+
+def plot(results, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for r in results:
+        seconds = r["train_seconds"] + r.get("domain_adapter_seconds", 0)
+        label = f"{r['strategy']} ({r['train_rows']})" if r["train_rows"] != results[0]["train_rows"] else r["strategy"]
+        for axis, x in ((left, r["trainable_fraction"]), (right, seconds)):
+            axis.scatter(x, r["test_macro_f1"], s=30)
+            axis.annotate(label, (x, r["test_macro_f1"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
+    left.set(xscale="log", xlabel="trainable fraction of parameters (log)", ylabel="test macro-F1")
+    right.set(xlabel="train seconds (2-core CPU)" if not torch.cuda.is_available() else "train seconds",
+              ylabel="test macro-F1")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--strategies", default=",".join((FULL,) + STRATEGIES),
+                        help="comma-separated; default: the full fine-tune and every strategy")
+    parser.add_argument("--max-train", type=int, default=None, help="labelled training rows (default: all prepared)")
+    parser.add_argument("--scratch-labels", type=int, default=None,
+                        help="train scratch on this many labels instead (the low-resource comparison)")
+    parser.add_argument("--epochs", type=int, default=None, help="override finetune.epochs and peft.epochs")
+    parser.add_argument("--name", default="strategies")
+    args = parser.parse_args()
+    params = load_params(ROOT / "params.yaml")
+    if args.epochs:
+        params["finetune"]["epochs"] = params["peft"]["epochs"] = args.epochs
+    parts, names = data.load_prepared(ROOT / "data/prepared")
+    tokenizer = modeling.load_tokenizer(PRETRAINED)
+    rows = args.max_train or len(parts["train"])
+    out = ROOT / "bench/results" / f"{args.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in args.strategies.split(","):
+        train_rows = args.scratch_labels if name == "scratch" and args.scratch_labels else rows
+        print(f"--- {name} on {train_rows} labels", flush=True)
+        results.append(run_one(name, params, parts, names, tokenizer, train_rows))
+        out.write_text(json.dumps({"device": str(modeling.pick_device()), "torch_threads": torch.get_num_threads(),
+                                   "results": results}, indent=2) + "\n")
+        print(json.dumps(results[-1]), flush=True)
+    title = (f"{len(results)} runs, {rows} training labels, {params['peft']['epochs']} epochs, "
+             "all-MiniLM-L6-v2 on IMDB")
+    plot(results, ROOT / "bench" / f"{args.name}.png", title)
+    (ROOT / "bench" / f"{args.name}.md").write_text(
+        f"# {title}\n\nMeasured by `python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}` on "
+        f"{modeling.pick_device()} ({torch.get_num_threads()} threads); test split of {len(parts['test'])} reviews.\n\n"
+        f"{table(results)}\n\n![macro-F1 vs trainable fraction and train time]({args.name}.png)\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
