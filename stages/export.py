@@ -16,7 +16,7 @@ def safetensors_mb(*folders):
     return sum(exporting.size_mb(path) for folder in folders for path in Path(folder).rglob("*.safetensors"))
 
 
-def export_source(source, out):
+def export_source(source, out, tokenizer):
     """Export the full fine-tune or the strategy's model into `out`; return (PyTorch model, its size in MB).
 
     A plain model (the fine-tune, or a strategy merged into one) goes through optimum-onnx; prompt and
@@ -27,7 +27,7 @@ def export_source(source, out):
         folder = PEFT_DIR / "merged"
     else:
         model = strategies.load_adapted(PEFT_DIR, PRETRAINED)
-        exporting.export_onnx_traced(model, modeling.load_tokenizer(PRETRAINED), out)
+        exporting.export_onnx_traced(model, tokenizer, out)
         return model, safetensors_mb(PRETRAINED, PEFT_DIR / "trained")
     exporting.export_onnx(folder, out)
     return modeling.load_saved_classifier(folder), safetensors_mb(folder)
@@ -39,7 +39,7 @@ def main(params):
     test = parts["test"]
     tokenizer = modeling.load_tokenizer(PRETRAINED)
     with atomic_dir(OUT_DIR) as out:
-        model, torch_mb = export_source(cfg["source"], out)
+        model, torch_mb = export_source(cfg["source"], out, tokenizer)
         tokenizer.save_pretrained(out)  # the folder is a model a user can ship: ONNX files, config, tokenizer
         fp32_path = out / exporting.FP32_FILE
         int8_path = exporting.quantize_int8(out)

@@ -5,6 +5,7 @@ from pathlib import Path
 import torch
 
 from stages.config import UserError
+from stages.layerwise import head_parameters
 
 # architectures peft's own tables leave out
 EXTRA_LORA_TARGETS = {"distilbert": ["q_lin", "v_lin"]}
@@ -101,10 +102,8 @@ def train_domain_adapter(base_dir, tokenizer, texts, params, out_dir):
     model.add_adapter(DOMAIN, config=bottleneck_config(cfg))
     model.train_adapter(DOMAIN)
     # the MLM head's transform starts fresh when the encoder ships without one: it must learn beside the adapter
-    base = {id(p) for p in model.base_model.parameters()}
-    for parameter in model.parameters():
-        if id(parameter) not in base:
-            parameter.requires_grad = True
+    for parameter in head_parameters(model):
+        parameter.requires_grad = True
     seconds = train_masked_lm(model, tokenizer, texts, params["pretrain"], params["seed"], Path(out_dir) / "mlm",
                               cfg["domain_steps"], cfg["domain_learning_rate"])
     model.save_adapter(str(Path(out_dir) / DOMAIN), DOMAIN, with_head=False, use_safetensors=True)
@@ -135,8 +134,8 @@ def save_adapters(model, out_dir):
     names = list(model.adapters_config.adapters)
     for name in names:
         model.save_adapter(str(Path(out_dir) / name), name, with_head=False, use_safetensors=True)
-    base = {id(p) for p in model.base_model.parameters()}
-    head = {name: p.detach().contiguous() for name, p in model.named_parameters() if id(p) not in base}
+    head_ids = {id(p) for p in head_parameters(model)}
+    head = {name: p.detach().contiguous() for name, p in model.named_parameters() if id(p) in head_ids}
     save_file(head, Path(out_dir) / "head.safetensors")
     return names
 

@@ -63,11 +63,10 @@ def layerwise_groups(model, learning_rate, decay, head_learning_rate, weight_dec
 
 
 def unfreeze_to_depth(model, depths, stage):
-    """Stage 0 trains the head only; stage s also trains depths 0..s-1. Returns how many encoder layers train."""
+    """Stage 0 trains the head only; stage s also trains depths 0..s-1."""
     for parameter in model.parameters():
         depth = depths.get(id(parameter))
         parameter.requires_grad = depth is None or depth < stage
-    return min(stage, len(encoder_layers(model)))
 
 
 class GradualUnfreezing(TrainerCallback):
@@ -77,11 +76,14 @@ class GradualUnfreezing(TrainerCallback):
 
     def __init__(self, model, every, unit):
         self.model, self.every, self.unit = model, every, unit
-        self.depths = parameter_depths(model)
-        self.unfrozen_layers = unfreeze_to_depth(model, self.depths, 0)
+        self.depths = parameter_depths(model)  # once: the step hook only flips requires_grad
+        self.layer_count = len(encoder_layers(model))
+        self._update(0)
 
     def _update(self, progress):
-        self.unfrozen_layers = unfreeze_to_depth(self.model, self.depths, int(progress // self.every))
+        stage = int(progress // self.every)
+        unfreeze_to_depth(self.model, self.depths, stage)
+        self.unfrozen_layers = min(stage, self.layer_count)
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.unit == "steps":

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from stages import injected
 from stages.config import UserError
+from stages.modeling import load_saved_classifier, save
 from stages.layerwise import (GradualUnfreezing, encoder_layers, freeze_all_but, head_parameters,
                               layerwise_groups)
 from stages.outputs import read_json, write_json
@@ -111,9 +112,7 @@ def save_adapted(model, strategy, tokenizer, out_dir):
     tokenizer.save_pretrained(trained)
     model.config.save_pretrained(trained)  # labels and architecture, to rebuild the model around the weights
     if strategy not in NOT_MERGEABLE:
-        plain = merged(model)
-        plain.save_pretrained(out_dir / "merged", safe_serialization=True)
-        tokenizer.save_pretrained(out_dir / "merged")
+        save(merged(model), tokenizer, out_dir / "merged")
     write_json(out_dir / STRATEGY_FILE, {"strategy": strategy, "mergeable": strategy not in NOT_MERGEABLE,
                                          "adapters": adapters})
 
@@ -122,8 +121,6 @@ def load_adapted(peft_dir, base_dir):
     """The strategy's model for inference: the merged plain model, or the base with the trained weights put back."""
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from stages.modeling import load_saved_classifier
 
     peft_dir = Path(peft_dir)
     if not (peft_dir / STRATEGY_FILE).is_file():
