@@ -3,6 +3,7 @@
     python bench/strategies.py                      # all strategies + the full fine-tune, params.yaml's caps
     python bench/strategies.py --max-train 200 --scratch-labels 2000 --name low_resource
     python bench/strategies.py --strategies lora,frozen --name quick
+    python bench/strategies.py --strategies frozen --update    # re-measure one row of bench/results/strategies.json
 
 Needs data/prepared and models/pretrained (`dvc repro pretrain`). Each strategy trains exactly as the peft
 stage would (same params, seed, Trainer) and is scored on the test split. Results go to bench/results/<name>.json
@@ -37,7 +38,7 @@ def run_one(name, params, parts, names, tokenizer, train_rows):
         plan = strategies.prepare(name, base, params, work_dir=ROOT / "checkpoints/bench-domain", tokenizer=tokenizer,
                                   domain_texts=parts[data.POOL]["text"].tolist())
         epochs, lr = params["peft"]["epochs"], params[name]["learning_rate"]
-    run_parts = {**parts, "train": data._take(parts["train"], train_rows, params["seed"])[0]}
+    run_parts = {**parts, "train": data.take(parts["train"], train_rows, params["seed"])[0]}
     summary = train_classifier(plan.model, tokenizer, run_parts, params, epochs, lr, ROOT / "checkpoints/bench",
                                plan.param_groups, plan.callbacks)
     started = time.perf_counter()
@@ -57,9 +58,12 @@ def table(results):
     for r in results:
         seconds = r["train_seconds"] + r.get("domain_adapter_seconds", 0)
         ratio = f"{r['test_macro_f1'] / full['test_macro_f1']:.3f}" if full else "-"
-        lines.append(f"| {r['strategy']} | {r['train_rows']} | {r['trainable_params']:,} | "
+        mark = " *" if r.get("updated") else ""
+        lines.append(f"| {r['strategy']}{mark} | {r['train_rows']} | {r['trainable_params']:,} | "
                      f"{r['trainable_fraction']:.2%} | {seconds:.0f} | {r['test_macro_f1']:.4f} | {ratio} | "
                      f"{r['test_accuracy']:.4f} |")
+    if any(r.get("updated") for r in results):
+        lines.append("\n\\* re-measured later, alone, with `--update` (see the commands above)")
     return "\n".join(lines)
 
 
@@ -95,6 +99,8 @@ def main():
                         help="train scratch on this many labels instead (the low-resource comparison)")
     parser.add_argument("--epochs", type=int, default=None, help="override finetune.epochs and peft.epochs")
     parser.add_argument("--name", default="strategies")
+    parser.add_argument("--update", action="store_true",
+                        help="replace these strategies' rows in the existing results instead of starting afresh")
     args = parser.parse_args()
     params = load_params(ROOT / "params.yaml")
     if args.epochs:
@@ -104,19 +110,23 @@ def main():
     rows = args.max_train or len(parts["train"])
     out = ROOT / "bench/results" / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = []
+    command = f"python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}".strip()
+    previous = json.loads(out.read_text()) if args.update and out.exists() else {}
+    results, commands = previous.get("results", []), previous.get("commands", []) + [command]
     for name in args.strategies.split(","):
         train_rows = args.scratch_labels if name == "scratch" and args.scratch_labels else rows
         print(f"--- {name} on {train_rows} labels", flush=True)
-        results.append(run_one(name, params, parts, names, tokenizer, train_rows))
+        result = {**run_one(name, params, parts, names, tokenizer, train_rows), "updated": args.update}
+        index = next((i for i, r in enumerate(results) if r["strategy"] == name), len(results))
+        results[index:index + 1] = [result]
         out.write_text(json.dumps({"device": str(modeling.pick_device()), "torch_threads": torch.get_num_threads(),
-                                   "results": results}, indent=2) + "\n")
-        print(json.dumps(results[-1]), flush=True)
+                                   "commands": commands, "results": results}, indent=2) + "\n")
+        print(json.dumps(result), flush=True)
     title = (f"{len(results)} runs, {rows} training labels, {params['peft']['epochs']} epochs, "
              "all-MiniLM-L6-v2 on IMDB")
     plot(results, ROOT / "bench" / f"{args.name}.png", title)
     (ROOT / "bench" / f"{args.name}.md").write_text(
-        f"# {title}\n\nMeasured by `python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}` on "
+        f"# {title}\n\nMeasured by `{'`, then `'.join(commands)}` on "
         f"{modeling.pick_device()} ({torch.get_num_threads()} threads); test split of {len(parts['test'])} reviews.\n\n"
         f"{table(results)}\n\n![macro-F1 vs trainable fraction and train time]({args.name}.png)\n")
     print(table(results))

@@ -121,7 +121,7 @@ def label_names(frame, where):
     return names
 
 
-def _take(frame, size, seed):
+def take(frame, size, seed):
     """Split `frame` in two, the first of `size` rows, stratified by label where every class allows it."""
     from sklearn.model_selection import train_test_split
 
@@ -138,14 +138,14 @@ def _take(frame, size, seed):
 def split(frame, cfg, seed):
     """Seeded stratified train / validation / test split plus a disjoint unlabeled pool for pretraining."""
     n = len(frame)
-    test, rest = _take(frame, max(1, round(n * cfg["test_fraction"])), seed)
-    val, rest = _take(rest, max(1, round(n * cfg["val_fraction"])), seed + 1)
-    pool, train = _take(rest, round(len(rest) * cfg["pool_fraction"]), seed + 2)
+    test, rest = take(frame, max(1, round(n * cfg["test_fraction"])), seed)
+    val, rest = take(rest, max(1, round(n * cfg["val_fraction"])), seed + 1)
+    pool, train = take(rest, round(len(rest) * cfg["pool_fraction"]), seed + 2)
     caps = {"train": cfg["max_train"], "validation": cfg["max_val"], "test": cfg["max_test"], POOL: cfg["max_pool"]}
     parts = {"train": train, "validation": val, "test": test, POOL: pool}
     for name, cap in caps.items():
         if cap is not None and len(parts[name]) > cap:
-            parts[name] = _take(parts[name], cap, seed + 3)[0]
+            parts[name] = take(parts[name], cap, seed + 3)[0]
     parts = {name: part.sort_index().reset_index(drop=True) for name, part in parts.items()}
     parts[POOL] = parts[POOL][["text"]]
     if len(parts["train"]) < 2:
