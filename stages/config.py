@@ -201,6 +201,9 @@ def load_params(path=PARAMS_FILE):
 
 def run_stage(main):
     """Entry point for a stage: a UserError ends with its message, not a traceback."""
+    from stages.tracking import quiet_progress_if_needed
+
+    quiet_progress_if_needed()
     try:
         main(load_params())
     except UserError as error:

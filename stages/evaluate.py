@@ -5,7 +5,7 @@ import pandas as pd
 
 from stages import data, modeling, strategies
 from stages.config import run_stage
-from stages.metrics import classification_report
+from stages.metrics import classification_report, score_curves
 from stages.outputs import read_json, write_csv, write_json
 
 PRETRAINED = Path("models/pretrained")
@@ -25,6 +25,11 @@ def main(params):
                                          params["evaluate"]["batch_size"], train_cfg["truncation"])
         predictions = probabilities.argmax(axis=1)
         results[key] = classification_report(test["label"].to_numpy(), predictions, names)
+        curves = score_curves(test["label"].to_numpy(), probabilities)  # None when the test split has one class
+        results[key]["roc_auc"] = curves and curves["roc_auc"]
+        write_csv(PLOTS / f"roc_{key}.csv", pd.DataFrame(curves["roc"] if curves else {"fpr": [], "tpr": []}))
+        write_csv(PLOTS / f"precision_recall_{key}.csv", pd.DataFrame(
+            curves["precision_recall"] if curves else {"recall": [], "precision": []}))
         write_csv(PLOTS / f"confusion_{key}.csv", pd.DataFrame(
             {"actual": [names[i] for i in test["label"]], "predicted": [names[i] for i in predictions]}))
         per_class += [{"row": f"{name} ({key})", "model": key, "class": name, **scores}
@@ -37,6 +42,7 @@ def main(params):
         **results,
         "peft_macro_f1_vs_finetune": results["peft"]["macro_f1"] / max(results["finetune"]["macro_f1"], 1e-12),
         "peft_trainable_fraction": peft["trainable_fraction"],
+        "peft_train_seconds": peft["train_seconds"] + peft.get("domain_adapter_seconds", 0),
     })
     print(f"evaluate: test macro-F1 finetune {results['finetune']['macro_f1']:.4f}, "
           f"{params['strategy']} {results['peft']['macro_f1']:.4f}")

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 
 from stages import data, exporting, modeling, strategies
+from stages.card import model_card
 from stages.config import run_stage
 from stages.outputs import atomic_dir, read_json, write_json
 
@@ -57,19 +58,26 @@ def main(params):
             latency[f"batch{batch_size}"] = {name: round(ms, 2) for name, ms in timings.items()}
         sizes = {"pytorch_fp32": torch_mb, "onnx_fp32": exporting.size_mb(fp32_path),
                  "onnx_int8": exporting.size_mb(int8_path)}
-    torch_accuracy = read_json("metrics/evaluate.json")[cfg["source"]]["accuracy"]
-    write_json("metrics/export.json", {
-        "source": cfg["source"],
-        "strategy": params["strategy"] if cfg["source"] == "peft" else "full fine-tune",
-        "test_accuracy": {"pytorch_fp32": torch_accuracy, **accuracy},
-        "int8_accuracy_drop": torch_accuracy - accuracy["onnx_int8"],
-        "size_mb": {name: round(mb, 2) for name, mb in sizes.items()},
-        "int8_size_ratio": sizes["onnx_int8"] / sizes["pytorch_fp32"],
-        "latency_ms": latency,
-        "latency_seq_length": cfg["latency_max_length"],
-        "int8_speedup_batch1": latency["batch1"]["pytorch_fp32"] / latency["batch1"]["onnx_int8"],
-        "int8_speedup_batch32": latency["batch32"]["pytorch_fp32"] / latency["batch32"]["onnx_int8"],
-    })
+        evaluate_metrics = read_json("metrics/evaluate.json")
+        torch_accuracy = evaluate_metrics[cfg["source"]]["accuracy"]
+        summary = {
+            "source": cfg["source"],
+            "strategy": params["strategy"] if cfg["source"] == "peft" else "full fine-tune",
+            "test_accuracy": {"pytorch_fp32": torch_accuracy, **accuracy},
+            "int8_accuracy_drop": torch_accuracy - accuracy["onnx_int8"],
+            "size_mb": {name: round(mb, 2) for name, mb in sizes.items()},
+            "int8_size_ratio": sizes["onnx_int8"] / sizes["pytorch_fp32"],
+            "latency_ms": latency,
+            "latency_seq_length": cfg["latency_max_length"],
+            "int8_speedup_batch1": latency["batch1"]["pytorch_fp32"] / latency["batch1"]["onnx_int8"],
+            "int8_speedup_batch32": latency["batch32"]["pytorch_fp32"] / latency["batch32"]["onnx_int8"],
+        }
+        write_json(out / exporting.INFERENCE_FILE, {"max_length": train_cfg["max_length"],
+                                                    "truncation": train_cfg["truncation"]})
+        (out / "README.md").write_text(model_card(
+            params, read_json("metrics/data.json"), read_json("metrics/peft.json"), evaluate_metrics, summary,
+            modeling.resolve_model(params["model"]["name"])), encoding="utf-8")
+    write_json("metrics/export.json", summary)
     print(f"export: int8 test accuracy {accuracy['onnx_int8']:.4f} (PyTorch {torch_accuracy:.4f}), "
           f"{sizes['onnx_int8']:.1f} MB, batch-1 latency {latency['batch1']}")
 

@@ -8,6 +8,7 @@ import torch
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_quantized.onnx"
+INFERENCE_FILE = "inference.json"  # how to tokenize for this model: what predict needs beyond the tokenizer
 
 
 def export_onnx(model_dir, out_dir):

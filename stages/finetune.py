@@ -10,6 +10,7 @@ from stages.training import train_classifier
 
 PRETRAINED = Path("models/pretrained")
 OUT_DIR = Path("models/finetuned")
+CURVES = Path("metrics/curves/finetune")
 
 
 def main(params):
@@ -18,7 +19,7 @@ def main(params):
     tokenizer = modeling.load_tokenizer(PRETRAINED)
     model = modeling.load_classifier(PRETRAINED, names)
     summary = train_classifier(model, tokenizer, parts, params, params["finetune"]["epochs"],
-                               params["finetune"]["learning_rate"], Path("checkpoints/finetune"))
+                               params["finetune"]["learning_rate"], Path("checkpoints/finetune"), curves_dir=CURVES)
     with atomic_dir(OUT_DIR) as out:
         modeling.save(model, tokenizer, out)
     write_json("metrics/finetune.json", summary)

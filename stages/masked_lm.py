@@ -3,6 +3,8 @@ import time
 
 import torch
 
+from stages.tracking import LiveCurves, show_progress
+
 
 class MaskedPositionsOnly(torch.nn.Module):
     """A masked-LM model that runs its vocabulary head only on the masked positions.
@@ -50,8 +52,10 @@ def masked_lm_loss(model, batches):
     return total / max(count, 1)
 
 
-def train_masked_lm(model, tokenizer, texts, cfg, seed, output_dir, max_steps, learning_rate):
-    """Train `model` (a masked-LM model, whatever of it requires grad) on `texts`; return the seconds it took."""
+def train_masked_lm(model, tokenizer, texts, cfg, seed, output_dir, max_steps, learning_rate, curves_dir=None):
+    """Train `model` (a masked-LM model, whatever of it requires grad) on `texts`; return the seconds it took.
+
+    With `curves_dir`, the loss and learning-rate curves go there through DVCLive."""
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
@@ -59,9 +63,12 @@ def train_masked_lm(model, tokenizer, texts, cfg, seed, output_dir, max_steps, l
     args = TrainingArguments(
         output_dir=str(output_dir), max_steps=max_steps, learning_rate=learning_rate,
         per_device_train_batch_size=cfg["batch_size"], warmup_ratio=cfg["warmup_ratio"], seed=seed, data_seed=seed,
-        save_strategy="no", report_to=[], logging_steps=max(1, max_steps // 10), remove_unused_columns=False,
+        save_strategy="no", report_to=[], logging_steps=max(1, max_steps // 20), remove_unused_columns=False,
+        disable_tqdm=not show_progress(),
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg["mlm_probability"], seed=seed)
     started = time.perf_counter()
-    Trainer(model=sparse_head_model(model), args=args, train_dataset=train_set, data_collator=collator).train()
+    callbacks = [LiveCurves(curves_dir)] if curves_dir else []
+    Trainer(model=sparse_head_model(model), args=args, train_dataset=train_set, data_collator=collator,
+            callbacks=callbacks).train()
     return time.perf_counter() - started

@@ -26,3 +26,29 @@ def trainer_metrics(eval_prediction):
     labels = eval_prediction.label_ids
     return {"accuracy": float(accuracy_score(labels, predictions)),
             "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0))}
+
+
+def score_curves(labels, probabilities, max_points=200):
+    """ROC and precision-recall points and ROC AUC: of the second class for a binary task, micro-averaged
+    one-vs-rest otherwise, thinned to at most `max_points` each so the plots stay light."""
+    from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
+
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+    if probabilities.shape[1] == 2:
+        truth, scores = labels == 1, probabilities[:, 1]
+    else:
+        truth = (labels[:, None] == np.arange(probabilities.shape[1])[None, :]).ravel()
+        scores = probabilities.ravel()
+    if truth.all() or not truth.any():
+        return None  # one class only in the split: no curve exists
+    fpr, tpr, _ = roc_curve(truth, scores)
+    precision, recall, _ = precision_recall_curve(truth, scores)
+
+    def thin(*columns):
+        keep = np.unique(np.linspace(0, len(columns[0]) - 1, min(max_points, len(columns[0]))).round().astype(int))
+        return [column[keep].round(5).tolist() for column in columns]
+
+    fpr, tpr = thin(fpr, tpr)
+    recall, precision = thin(recall, precision)
+    return {"roc_auc": float(roc_auc_score(truth, scores)), "roc": {"fpr": fpr, "tpr": tpr},
+            "precision_recall": {"recall": recall, "precision": precision}}

@@ -16,6 +16,7 @@ from stages.training import train_classifier
 
 PRETRAINED = Path("models/pretrained")
 OUT_DIR = Path("models/peft")
+CURVES = Path("metrics/curves/peft")
 CHECKPOINTS = Path("checkpoints/peft")
 
 
@@ -28,7 +29,8 @@ def main(params):
                               work_dir=CHECKPOINTS / "domain", tokenizer=tokenizer,
                               domain_texts=parts[data.POOL]["text"].tolist())
     summary = train_classifier(plan.model, tokenizer, parts, params, params["peft"]["epochs"],
-                               params[strategy]["learning_rate"], CHECKPOINTS, plan.param_groups, plan.callbacks)
+                               params[strategy]["learning_rate"], CHECKPOINTS, plan.param_groups, plan.callbacks,
+                               curves_dir=CURVES)
     with atomic_dir(OUT_DIR) as out:
         strategies.save_adapted(plan.model, strategy, tokenizer, out)
     write_json("metrics/peft.json", {"strategy": strategy, **summary, **plan.metrics})

@@ -9,9 +9,11 @@ from stages import data, modeling
 from stages.config import UserError, run_stage
 from stages.masked_lm import fixed_masked_batches, masked_lm_loss, train_masked_lm
 from stages.outputs import atomic_dir, write_json
+from stages.tracking import live_files
 
 OUT_DIR = Path("models/pretrained")
 CHECKPOINTS = Path("checkpoints/pretrain")
+CURVES = Path("metrics/curves/pretrain")
 
 
 def main(params):
@@ -21,6 +23,8 @@ def main(params):
     tokenizer = modeling.load_tokenizer(source, trust)
     if not cfg["enabled"]:
         from transformers import AutoModel
+
+        live_files(CURVES).end()  # no curve, but the declared folder exists
 
         with atomic_dir(OUT_DIR) as out:
             modeling.save(AutoModel.from_pretrained(source, trust_remote_code=trust), tokenizer, out)
@@ -42,7 +46,7 @@ def main(params):
     eval_batches = fixed_masked_batches(held_out, tokenizer, cfg, seed)
     loss_before = masked_lm_loss(model, eval_batches)
     train_seconds = train_masked_lm(model, tokenizer, texts, cfg, seed, CHECKPOINTS, cfg["max_steps"],
-                                    cfg["learning_rate"])
+                                    cfg["learning_rate"], curves_dir=CURVES)
     model.to("cpu")
     loss_after = masked_lm_loss(model, eval_batches)
     # Keep the encoder with its pooler: the masked-LM model has none, the classifier wants the pretrained one.

@@ -8,6 +8,7 @@ import torch
 from stages.data import to_dataset
 from stages.metrics import trainer_metrics
 from stages.modeling import count_parameters
+from stages.tracking import LiveCurves, show_progress
 
 
 def peak_memory_mb():
@@ -27,13 +28,15 @@ def training_arguments(output_dir, train_cfg, epochs, learning_rate, seed):
         max_grad_norm=train_cfg["max_grad_norm"], group_by_length=train_cfg["group_by_length"],
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, load_best_model_at_end=True,
         metric_for_best_model="macro_f1", greater_is_better=True, save_safetensors=True,
-        logging_steps=train_cfg["logging_steps"], report_to=[], disable_tqdm=None,
+        logging_steps=train_cfg["logging_steps"], logging_first_step=True, report_to=[], disable_tqdm=not show_progress(),
         bf16=cuda and torch.cuda.is_bf16_supported(), use_cpu=not cuda)
 
 
 def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, output_dir, param_groups=None,
-                     callbacks=()):
-    """Train on parts['train'], pick the best epoch by validation macro-F1, stop early; return metrics."""
+                     callbacks=(), curves_dir=None):
+    """Train on parts['train'], pick the best epoch by validation macro-F1, stop early; return metrics.
+
+    With `curves_dir`, the training and validation curves go there through DVCLive."""
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 
     train_cfg = params["train"]
@@ -46,7 +49,8 @@ def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, out
         model=model, args=args, processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
         train_dataset=to_dataset(parts["train"], **encode), eval_dataset=to_dataset(parts["validation"], **encode),
         compute_metrics=trainer_metrics, optimizers=(optimizer, None),
-        callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=train_cfg["early_stopping_patience"])])
+        callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=train_cfg["early_stopping_patience"]),
+                   *([LiveCurves(curves_dir)] if curves_dir else [])])
     started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - started

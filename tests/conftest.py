@@ -1,4 +1,6 @@
 """Tiny random-config models and toy data, built inside the tests: no hub, no download."""
+import json
+import os
 import random
 from pathlib import Path
 
@@ -67,3 +69,27 @@ def tiny_params(model_dir, data_file):
     params["peft"]["epochs"] = 3
     params["export"].update(latency_runs=2, latency_warmup=1, latency_max_length=32)
     return params
+
+
+@pytest.fixture(scope="session")
+def workdir(tiny_bert, tmp_path_factory):
+    """Every stage's main() run once, in pipeline order, on the tiny BERT and 400 toy texts."""
+    from stages import evaluate, export, finetune, peft, prepare, pretrain
+    from stages.config import validate
+
+    folder = tmp_path_factory.mktemp("pipeline")
+    toy_texts(400).to_csv(folder / "reviews.csv", index=False)
+    params = validate(tiny_params(tiny_bert, folder / "reviews.csv"))
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        for stage in (prepare, pretrain, finetune, peft, evaluate, export):
+            torch.manual_seed(0)
+            stage.main(params)
+    finally:
+        os.chdir(previous)
+    return folder, params
+
+
+def metrics(folder, name):
+    return json.loads((folder / "metrics" / f"{name}.json").read_text())

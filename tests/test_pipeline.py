@@ -14,6 +14,9 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 TRAINING_STAGES = {"prepare", "pretrain", "finetune"}
 DOWNSTREAM = {"peft", "evaluate", "export"}
+# The comparison view README.md documents (copied here so a change to either is noticed).
+COMPARISON_COLUMNS = ["--drop", ".*", "--keep", r"^(Experiment|params\.yaml:strategy|peft\.macro_f1|"
+                      r"peft_macro_f1_vs_finetune|peft_trainable_fraction|peft_train_seconds|test_accuracy\.onnx_int8)$"]
 
 
 def run(args, cwd):
@@ -86,11 +89,27 @@ def test_changing_strategy_reruns_only_the_downstream_stages(repo):
     assert "metrics/peft.json" in diff or "metrics/evaluate.json" in diff
 
 
-def test_plots_render(repo):
+def test_every_plot_has_points(repo):
+    """Each plot dvc.yaml declares, and each curve DVCLive wrote, renders with data from every file it draws."""
     folder, _ = repo
+    shown = json.loads(run(["dvc", "plots", "show", "--json", "--split"], folder))
+    assert not shown.get("errors"), shown.get("errors")
+    declared = yaml.safe_load((folder / "dvc.yaml").read_text())["plots"]
+    for plot in declared:
+        name, spec = next(iter(plot.items()))
+        renders = shown["data"][name] if spec.get("y") else [
+            render for key, value in shown["data"].items() if key.startswith(name + "/") for render in value]
+        points = [point for render in renders for point in render["anchor_definitions"]["<DVC_METRIC_DATA>"]]
+        sources = {Path(source).name for source in (spec.get("y") or {})}
+        assert points, f"{name}: no points"
+        if len(sources) > 1:  # one line per file: each file gave points
+            assert sources <= {point.get("filename") for point in points}, f"{name}: no points from {sources}"
+    curves = {key for key in shown["data"] if key.startswith("metrics/curves/")}
+    for stage, curve in (("pretrain", "train/loss"), ("finetune", "eval/macro_f1"), ("peft", "train/learning_rate")):
+        assert f"metrics/curves/{stage}/plots/metrics/{curve}.tsv" in curves
     run(["dvc", "plots", "show", "-o", "plots_html"], folder)
     html = (folder / "plots_html/index.html").read_text()
-    assert html.count("vega") > 0 and "Confusion matrix" in html
+    assert "Confusion matrix" in html and "Training and validation loss" in html
 
 
 def test_editing_another_strategys_section_reruns_nothing(repo):
@@ -120,3 +139,9 @@ def test_queued_sweep_over_strategies_reads_as_a_table(repo):
     for strategy in ("prompt", "adapter_stack"):
         assert strategy in table
     assert "trainable_fraction" in table
+    compact = run(["dvc", "exp", "show", "--md", "--no-pager", *COMPARISON_COLUMNS], folder)
+    assert max(map(len, compact.splitlines())) <= 200
+    assert all(strategy in compact for strategy in ("prompt", "adapter_stack", "frozen"))
+    header = {cell.strip() for cell in compact.splitlines()[0].split("|")}
+    assert {"params.yaml:strategy", "peft.macro_f1", "peft_trainable_fraction", "peft_train_seconds"} <= header
+

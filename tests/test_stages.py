@@ -1,6 +1,4 @@
 """Each stage's main() on a tiny random BERT and a toy CSV, in a scratch folder, in pipeline order."""
-import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -8,30 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stages import evaluate, export, finetune, masked_lm, peft, prepare, pretrain
-from stages.config import STRATEGIES, validate
+from stages import evaluate, export, masked_lm, peft, pretrain
+from stages.config import STRATEGIES
 from stages.strategies import NOT_MERGEABLE
-from tests.conftest import tiny_params, toy_texts
-
-
-@pytest.fixture(scope="module")
-def workdir(tiny_bert, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pipeline")
-    toy_texts(400).to_csv(folder / "reviews.csv", index=False)
-    params = validate(tiny_params(tiny_bert, folder / "reviews.csv"))
-    previous = os.getcwd()
-    os.chdir(folder)
-    try:
-        for stage in (prepare, pretrain, finetune, peft, evaluate, export):
-            torch.manual_seed(0)
-            stage.main(params)
-        yield folder, params
-    finally:
-        os.chdir(previous)
-
-
-def metrics(folder, name):
-    return json.loads((folder / "metrics" / f"{name}.json").read_text())
+from tests.conftest import metrics, toy_texts
 
 
 def test_prepare_writes_disjoint_splits_and_counts(workdir):
@@ -110,8 +88,60 @@ def test_export_measures_three_runtimes(workdir):
     assert (folder / "models/exported/model_quantized.onnx").is_file()
 
 
-def test_pretrain_disabled_passes_the_base_model_through(workdir, tiny_bert, monkeypatch):
+def curve(folder, stage, name):
+    return pd.read_csv(folder / "metrics/curves" / stage / "plots/metrics" / f"{name}.tsv", sep="\t")
+
+
+def test_training_curves_share_the_step_axis(workdir):
     folder, params = workdir
+    for stage in ("finetune", "peft"):
+        train, val = curve(folder, stage, "train/loss"), curve(folder, stage, "eval/loss")
+        steps_per_epoch = 160 // params["train"]["batch_size"]
+        assert list(train.columns) == ["step", "loss"] and list(val.columns) == ["step", "loss"]
+        assert train["step"].is_monotonic_increasing and list(train["step"][:2]) == [1, params["train"]["logging_steps"]]
+        assert (val["step"] % steps_per_epoch == 0).all(), "validation is logged at the end of each epoch's steps"
+        assert train["step"].max() >= val["step"].max() and len(val) == metrics(folder, stage)["epochs_run"]
+        rate = curve(folder, stage, "train/learning_rate")["learning_rate"]
+        assert rate.iloc[0] < rate.max() and rate.iloc[-1] < rate.max(), "warm-up, then linear decay"
+        assert curve(folder, stage, "eval/macro_f1")["macro_f1"].between(0, 1).all()
+    mlm = curve(folder, "pretrain", "train/loss")
+    assert len(mlm) == params["pretrain"]["max_steps"] // max(1, params["pretrain"]["max_steps"] // 20)
+    assert mlm["loss"].iloc[-1] < mlm["loss"].iloc[0]
+
+
+def test_roc_and_precision_recall_curves_for_both_models(workdir):
+    folder, _ = workdir
+    result = metrics(folder, "evaluate")
+    for key in ("finetune", "peft"):
+        roc = pd.read_csv(folder / f"metrics/plots/roc_{key}.csv")
+        assert roc["fpr"].is_monotonic_increasing and roc["tpr"].is_monotonic_increasing
+        assert (roc["fpr"].iloc[0], roc["tpr"].iloc[-1]) == (0, 1) and len(roc) <= 200
+        area = float(((roc["fpr"].diff().fillna(0)) * (roc["tpr"] + roc["tpr"].shift().fillna(0)) / 2).sum())
+        assert result[key]["roc_auc"] == pytest.approx(area, abs=0.02), "the points trace the reported AUC"
+        pr = pd.read_csv(folder / f"metrics/plots/precision_recall_{key}.csv")
+        assert pr["recall"].between(0, 1).all() and pr["precision"].between(0, 1).all()
+    assert result["finetune"]["roc_auc"] >= 0.9
+
+
+def test_model_card_quotes_the_runs_own_numbers(workdir):
+    folder, params = workdir
+    card = (folder / "models/exported/README.md").read_text()
+    evaluated, exported, counts = metrics(folder, "evaluate"), metrics(folder, "export"), metrics(folder, "data")
+    assert card.startswith("---\n") and f"base_model: {params['model']['name']}" in card
+    assert f"strategy `lora`, {metrics(folder, 'peft')['trainable_fraction']:.2%} of the parameters" in card
+    assert f"| PyTorch fp32 (`peft`) | {evaluated['peft']['accuracy']:.4f} | {evaluated['peft']['macro_f1']:.4f} |" in card
+    assert f"| ONNX int8 (this model) | {exported['test_accuracy']['onnx_int8']:.4f} |" in card
+    assert f"{counts['rows']['train']} training" in card and "## Intended use" in card and "## Limits" in card
+    for name, scores in evaluated["peft"]["per_class"].items():
+        assert f"| {name} | {scores['precision']:.4f} | {scores['recall']:.4f} | {scores['f1']:.4f} |" in card
+    assert "lora:\n  learning_rate:" in card and "ia3:" not in card, "the params of the strategy that ran"
+
+
+def test_pretrain_disabled_passes_the_base_model_through(workdir, tiny_bert, tmp_path, monkeypatch):
+    import shutil
+
+    folder, params = workdir
+    folder = Path(shutil.copytree(folder, tmp_path / "run"))
     monkeypatch.chdir(folder)
     pretrain.main({**params, "pretrain": {**params["pretrain"], "enabled": False}})
     saved = load_file(folder / "models/pretrained/model.safetensors")
@@ -167,5 +197,9 @@ def test_every_strategy_runs_peft_evaluate_export_on_few_labels(workdir, tmp_pat
     assert exported["strategy"] == strategy
     accuracy = exported["test_accuracy"]
     assert abs(accuracy["onnx_fp32"] - accuracy["pytorch_fp32"]) <= 0.05, "the ONNX graph computes the same model"
+    if strategy == "gradual":  # one more layer every 4 steps, from the head alone up to all 4 layers
+        unfrozen = pd.read_csv(run / "metrics/curves/peft/plots/metrics/train/unfrozen_layers.tsv", sep="\t")
+        assert unfrozen["unfrozen_layers"].is_monotonic_increasing
+        assert (unfrozen["unfrozen_layers"].iloc[0], unfrozen["unfrozen_layers"].iloc[-1]) == (0, 4)
     assert (run / "models/exported/model_quantized.onnx").is_file()
     assert (run / "models/exported/tokenizer.json").is_file() or (run / "models/exported/vocab.txt").is_file()
