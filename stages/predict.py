@@ -108,6 +108,9 @@ def main(argv=None):
     parser.add_argument("--format", choices=("tsv", "jsonl"), default="tsv", help="label<TAB>score, or JSON lines")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # stdout carries the labels; stderr only what went wrong
     try:
         texts = read_texts(args.input)
         classifier = Classifier(args.model, args.precision)
