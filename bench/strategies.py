@@ -51,12 +51,17 @@ def run_one(name, params, parts, names, tokenizer, train_rows):
             "test_seconds": round(time.perf_counter() - started, 1)}
 
 
+def total_train_seconds(result):
+    """adapter_stack also trains its domain adapter first: that time counts too."""
+    return result["train_seconds"] + result.get("domain_adapter_seconds", 0)
+
+
 def table(results):
     full = next((r for r in results if r["strategy"] == FULL), None)
     lines = ["| strategy | labels | trainable params | fraction | train s | test macro-F1 | vs full FT | test acc |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        seconds = r["train_seconds"] + r.get("domain_adapter_seconds", 0)
+        seconds = total_train_seconds(r)
         ratio = f"{r['test_macro_f1'] / full['test_macro_f1']:.3f}" if full else "-"
         mark = " *" if r.get("updated") else ""
         lines.append(f"| {r['strategy']}{mark} | {r['train_rows']} | {r['trainable_params']:,} | "
@@ -75,7 +80,7 @@ def plot(results, path, title):
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     for r in results:
-        seconds = r["train_seconds"] + r.get("domain_adapter_seconds", 0)
+        seconds = total_train_seconds(r)
         label = f"{r['strategy']} ({r['train_rows']})" if r["train_rows"] != results[0]["train_rows"] else r["strategy"]
         for axis, x in ((left, r["trainable_fraction"]), (right, seconds)):
             axis.scatter(x, r["test_macro_f1"], s=30)
