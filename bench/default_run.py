@@ -31,6 +31,7 @@ def main():
             seconds[stage] = time.perf_counter() - started
     pretrain, finetune, peft = metrics("pretrain"), metrics("finetune"), metrics("peft")
     evaluate, export = metrics("evaluate"), metrics("export")
+    finetune_time, peft_time, export_time = metrics("timing/finetune"), metrics("timing/peft"), metrics("timing/export")
     lines = [f"Default `params.yaml`, {platform.machine()} CPU with {torch.get_num_threads()} threads, "
              f"torch {torch.__version__}, no GPU.", ""]
     if seconds:
@@ -49,16 +50,16 @@ def main():
         f"{evaluate['peft_macro_f1_vs_finetune']:.3f} |",
         f"| trainable parameters: full fine-tune / {peft['strategy']} | {finetune['trainable_params']:,} / "
         f"{peft['trainable_params']:,} ({peft['trainable_fraction']:.2%}) |",
-        f"| train seconds: full fine-tune / {peft['strategy']} | {finetune['train_seconds']:.0f} / "
-        f"{peft['train_seconds']:.0f} |",
+        f"| train seconds: full fine-tune / {peft['strategy']} | {finetune_time['train_seconds']:.0f} / "
+        f"{peft_time['train_seconds']:.0f} |",
         f"| exported ({export['source']}) test accuracy: PyTorch fp32 / ONNX fp32 / ONNX int8 | "
         + " / ".join(f"{export['test_accuracy'][k]:.4f}" for k in ("pytorch_fp32", "onnx_fp32", "onnx_int8")) + " |",
         "| size on disk MB: PyTorch fp32 / ONNX fp32 / ONNX int8 | "
         + " / ".join(f"{export['size_mb'][k]:.1f}" for k in ("pytorch_fp32", "onnx_fp32", "onnx_int8")) + " |",
     ]
     for batch in ("batch1", "batch32"):
-        ms = export["latency_ms"][batch]
-        lines.append(f"| latency ms, {batch.replace('batch', 'batch ')} × {export['latency_seq_length']} tokens: "
+        ms = export_time["latency_ms"][batch]
+        lines.append(f"| latency ms, {batch.replace('batch', 'batch ')} × {export_time['latency_seq_length']} tokens: "
                      f"PyTorch fp32 / ONNX fp32 / ONNX int8 | {ms['pytorch_fp32']:.1f} / {ms['onnx_fp32']:.1f} / "
                      f"{ms['onnx_int8']:.1f} (int8 {ms['pytorch_fp32'] / ms['onnx_int8']:.2f}× faster than PyTorch) |")
     text = "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ stage would (same params, seed, Trainer) and is scored on the test split. Result
 """
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,18 +36,22 @@ def run_one(name, params, parts, names, tokenizer, train_rows):
     if name == FULL:
         plan, epochs, lr = strategies.Plan(base), params["finetune"]["epochs"], params["finetune"]["learning_rate"]
     else:
+        shutil.rmtree(ROOT / "checkpoints/bench-domain", ignore_errors=True)  # no resuming a previous bench run
         plan = strategies.prepare(name, base, params, work_dir=ROOT / "checkpoints/bench-domain", tokenizer=tokenizer,
                                   domain_texts=parts[data.POOL]["text"].tolist())
         epochs, lr = params["peft"]["epochs"], params[name]["learning_rate"]
     run_parts = {**parts, "train": data.take(parts["train"], train_rows, params["seed"])[0]}
-    summary = train_classifier(plan.model, tokenizer, run_parts, params, epochs, lr, ROOT / "checkpoints/bench",
-                               plan.param_groups, plan.callbacks)
+    work = ROOT / "checkpoints/bench"
+    shutil.rmtree(work, ignore_errors=True)  # train_classifier would resume from a checkpoint left there
+    summary, timing = train_classifier(plan.model, tokenizer, run_parts, params, epochs, lr, work,
+                                       plan.param_groups, plan.callbacks)
+    shutil.rmtree(work, ignore_errors=True)
     started = time.perf_counter()
     test = parts["test"]
     probabilities = modeling.predict(plan.model, tokenizer, test["text"], params["train"]["max_length"],
                                      params["evaluate"]["batch_size"], params["train"]["truncation"])
     report = classification_report(test["label"].to_numpy(), probabilities.argmax(axis=1), names)
-    return {"strategy": name, "train_rows": len(run_parts["train"]), **summary, **plan.metrics,
+    return {"strategy": name, "train_rows": len(run_parts["train"]), **summary, **timing, **plan.metrics,
             "test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"],
             "test_seconds": round(time.perf_counter() - started, 1)}
 

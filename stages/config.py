@@ -50,6 +50,7 @@ TEXT = (str, lambda v: bool(v.strip()), "a non-empty string")
 SCHEMA = {
     "seed": COUNT,
     "strategy": _choice(*STRATEGIES),
+    "checkpoints": {"resume": BOOL, "every_steps": POSITIVE_INT},
     "model": {
         "name": (str, lambda v: bool(v.strip()),
                  "'default' (the bundled all-MiniLM-L6-v2), a local model folder or a Hugging Face Hub id"),
@@ -133,6 +134,15 @@ def _suggest(key, allowed):
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
+def _show(value):
+    """A value as the user wrote it in YAML: null and true/false, not Python's None and True."""
+    if value is None:
+        return "empty (null)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
 def _check_value(where, value, spec):
     kinds, check, allowed = spec
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
@@ -144,13 +154,17 @@ def _check_value(where, value, spec):
     if not type_ok or (check is not None and not check(value)):
         options = allowed.split(": ", 1)[1].split(", ") if allowed.startswith("one of: ") else []
         hint = _suggest(value, options) if isinstance(value, str) else ""
-        raise UserError(f"params.yaml: '{where}' is {value!r}; it must be {allowed}.{hint}")
+        raise UserError(f"params.yaml: '{where}' is {_show(value)}; it must be {allowed}.{hint}")
     return value
 
 
 def _validate(section, schema, prefix=""):
     if not isinstance(section, dict):
-        raise UserError(f"params.yaml: '{prefix.rstrip('.')}' must be a mapping of keys, got {section!r}.")
+        if not prefix:
+            raise UserError(f"params.yaml must be a mapping of sections (seed, strategy, model, data, ...), got "
+                            f"{_show(section)}. Start from the params.yaml in git (`git show HEAD:params.yaml`).")
+        raise UserError(f"params.yaml: '{prefix.rstrip('.')}' must be a mapping of keys, got {_show(section)}. "
+                        f"Give its keys: {', '.join(schema)}.")
     for key in section:
         if key not in schema:
             allowed = ", ".join(schema) or "no keys"
@@ -174,6 +188,9 @@ def validate(params):
             raise UserError(f"params.yaml: '{section}.target_modules' is {modules!r}; "
                               "it must be 'auto' or a non-empty list of module names.")
     data = params["data"]
+    if data["text_column"] == data["label_column"]:
+        raise UserError(f"params.yaml: 'data.text_column' and 'data.label_column' are both {data['text_column']!r}; "
+                        "they must name two different columns of data.source.")
     if data["test_fraction"] + data["val_fraction"] >= 0.9:
         raise UserError("params.yaml: data.test_fraction + data.val_fraction must leave at least 10% for training.")
     if data["source"] != "imdb":
@@ -181,6 +198,9 @@ def validate(params):
         if path.suffix.lower() not in (".csv", ".jsonl", ".json", ".parquet"):
             raise UserError(f"params.yaml: 'data.source' is {data['source']!r}; it must be 'imdb' or a .csv, "
                               ".jsonl or .parquet file.")
+        if path.exists() and not path.is_file():
+            raise UserError(f"params.yaml: 'data.source' {str(path)!r} is a directory, not a data file. "
+                            "Point it at a .csv, .jsonl or .parquet file.")
         if not path.is_file():
             raise UserError(f"params.yaml: 'data.source' file {str(path)!r} does not exist. "
                               "Fix the path, or use 'imdb' for the built-in IMDB reviews.")
@@ -193,10 +213,29 @@ def load_params(path=PARAMS_FILE):
     if not path.is_file():
         raise UserError(f"{path} not found: run from the project root, where params.yaml lives.")
     try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+        params = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+                        "re-save it as UTF-8.") from None
     except yaml.YAMLError as error:
         raise UserError(f"{path} is not valid YAML: {error}") from None
     return validate(params if params is not None else {})
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would silently keep the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool, type(None))):
+                continue  # unhashable keys: SafeLoader refuses them itself
+            if key in seen:
+                raise UserError(f"params.yaml: key {key!r} appears twice in one section (line "
+                                f"{key_node.start_mark.line + 1}); keep one of them.")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def run_stage(main):

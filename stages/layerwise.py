@@ -14,7 +14,8 @@ def encoder_layers(model):
     """The transformer blocks of the backbone, bottom first: the longest ModuleList inside base_model."""
     lists = [m for m in model.base_model.modules() if isinstance(m, torch.nn.ModuleList)]
     if not lists:
-        raise UserError(f"{type(model).__name__} has no list of transformer layers; use strategy lora or frozen.")
+        raise UserError(f"{type(model).__name__} has no list of transformer layers, which strategies partial, "
+                        "gradual and llrd need; use strategy lora or frozen for this model.")
     return max(lists, key=len)
 
 

@@ -2,38 +2,69 @@
 import time
 
 import torch
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback
 
+from stages.checkpointing import last_complete_checkpoint
 from stages.tracking import LiveCurves, show_progress
 
 
-class MaskedPositionsOnly(torch.nn.Module):
-    """A masked-LM model that runs its vocabulary head only on the masked positions.
+def _vocabulary_head(model):
+    heads = [module for name, module in model.named_children() if name != model.base_model_prefix]
+    return heads[0] if len(heads) == 1 else None
+
+
+def masked_positions_loss(model, batch):
+    """The masked-LM loss, with the vocabulary head run only on the masked positions.
 
     The head projects onto the whole vocabulary (30k for BERT); applied to every position it is most of a
-    training step on a CPU, though only the ~15% masked positions enter the loss. The loss is the same."""
-
-    def __init__(self, model, head):
-        super().__init__()
-        self.model, self.head = model, head
-
-    def forward(self, input_ids, labels, attention_mask=None, token_type_ids=None):
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        hidden = self.model.base_model(**{key: value for key, value in inputs.items() if value is not None})[0]
-        masked = labels != -100
-        logits = self.head(hidden[masked])
-        return {"loss": torch.nn.functional.cross_entropy(logits, labels[masked])}
+    training step on a CPU, though only the ~15% masked positions enter the loss. The loss is the same.
+    Models whose head is not one module apart from the backbone run whole."""
+    head = _vocabulary_head(model)
+    if head is None:
+        return model(**batch).loss
+    labels = batch["labels"]
+    inputs = {key: value for key, value in batch.items() if key != "labels" and value is not None}
+    hidden = model.base_model(**inputs)[0]
+    masked = labels != -100
+    return torch.nn.functional.cross_entropy(head(hidden[masked]), labels[masked])
 
 
-def sparse_head_model(model):
-    """Wrap `model` in MaskedPositionsOnly when its head is one module apart from the backbone, else keep it."""
-    heads = [module for name, module in model.named_children() if name != model.base_model_prefix]
-    return MaskedPositionsOnly(model, heads[0]) if len(heads) == 1 else model
+class BatchSeededMasking(DataCollatorForLanguageModeling):
+    """Dynamic masking whose masks depend only on the seed and the batch's number in the run.
+
+    A resumed run must mask its batches as the run that never stopped did; the Trainer restores the global RNG
+    only after the first resumed batch is drawn, and a collator's own generator would start afresh."""
+
+    def __init__(self, tokenizer, mlm_probability, seed):
+        super().__init__(tokenizer, mlm_probability=mlm_probability)
+        self.seed, self.batches_drawn = seed, 0
+
+    def torch_call(self, examples):
+        self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.batches_drawn)
+        self.batches_drawn += 1
+        return super().torch_call(examples)
+
+
+class ResumeMasking(TrainerCallback):
+    """A resumed run skips the batches before its checkpoint without drawing them: count them as drawn."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.collator.batches_drawn = state.global_step * args.gradient_accumulation_steps
+
+
+class MaskedLMTrainer(Trainer):
+    """Trains and checkpoints the masked-LM model itself (saved as safetensors, tied weights and all)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = masked_positions_loss(model, inputs)
+        return (loss, None) if return_outputs else loss
 
 
 def fixed_masked_batches(texts, tokenizer, cfg, seed):
     """Mask the held-out texts once, with a fixed seed, so 'before' and 'after' see the very same masks."""
-    from transformers import DataCollatorForLanguageModeling
-
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg["mlm_probability"], seed=seed)
     encoded = tokenizer(list(texts), truncation=True, max_length=cfg["max_length"])
     rows = [{key: encoded[key][i] for key in encoded} for i in range(len(texts))]
@@ -52,23 +83,28 @@ def masked_lm_loss(model, batches):
     return total / max(count, 1)
 
 
-def train_masked_lm(model, tokenizer, texts, cfg, seed, output_dir, max_steps, learning_rate, curves_dir=None):
+def train_masked_lm(model, tokenizer, texts, cfg, seed, output_dir, max_steps, learning_rate, save_every,
+                    curves_dir=None):
     """Train `model` (a masked-LM model, whatever of it requires grad) on `texts`; return the seconds it took.
 
+    Checkpoints go to `output_dir` every `save_every` steps; a complete one found there is resumed from.
     With `curves_dir`, the loss and learning-rate curves go there through DVCLive."""
     from datasets import Dataset
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers import TrainingArguments
 
     train_set = Dataset.from_dict(dict(tokenizer(list(texts), truncation=True, max_length=cfg["max_length"])))
     args = TrainingArguments(
         output_dir=str(output_dir), max_steps=max_steps, learning_rate=learning_rate,
         per_device_train_batch_size=cfg["batch_size"], warmup_ratio=cfg["warmup_ratio"], seed=seed, data_seed=seed,
-        save_strategy="no", report_to=[], logging_steps=max(1, max_steps // 20), remove_unused_columns=False,
+        save_strategy="steps", save_steps=save_every, save_total_limit=1, save_safetensors=True, report_to=[], logging_steps=max(1, max_steps // 20), remove_unused_columns=False,
         disable_tqdm=not show_progress(),
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg["mlm_probability"], seed=seed)
+    collator = BatchSeededMasking(tokenizer, cfg["mlm_probability"], seed)
     started = time.perf_counter()
-    callbacks = [LiveCurves(curves_dir)] if curves_dir else []
-    Trainer(model=sparse_head_model(model), args=args, train_dataset=train_set, data_collator=collator,
-            callbacks=callbacks).train()
+    callbacks = [ResumeMasking(collator), *([LiveCurves(curves_dir)] if curves_dir else [])]
+    resume_from = last_complete_checkpoint(output_dir)
+    if resume_from:
+        print(f"resuming from {resume_from}", flush=True)
+    MaskedLMTrainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
+                    callbacks=callbacks).train(resume_from_checkpoint=resume_from)
     return time.perf_counter() - started

@@ -9,33 +9,43 @@ from pathlib import Path
 
 import torch
 
-from stages import data, modeling, strategies
+from stages import checkpointing, data, modeling, strategies
 from stages.config import run_stage
-from stages.outputs import atomic_dir, write_json
+from stages.outputs import replaced_together, write_json
 from stages.training import train_classifier
 
+PREPARED = Path("data/prepared")
 PRETRAINED = Path("models/pretrained")
 OUT_DIR = Path("models/peft")
+METRICS = Path("metrics/peft.json")
+TIMING = Path("metrics/timing/peft.json")
 CURVES = Path("metrics/curves/peft")
 CHECKPOINTS = Path("checkpoints/peft")
 
 
 def main(params):
     strategy = params["strategy"]
-    parts, names = data.load_prepared()
+    parts, names = data.load_prepared(PREPARED)
+    checkpointing.claim(CHECKPOINTS, checkpointing.run_identity(params, [PREPARED, PRETRAINED]),
+                        params["checkpoints"]["resume"])
     torch.manual_seed(params["seed"])
     tokenizer = modeling.load_tokenizer(PRETRAINED)
-    plan = strategies.prepare(strategy, modeling.load_classifier(PRETRAINED, names), params,
-                              work_dir=CHECKPOINTS / "domain", tokenizer=tokenizer,
+    model = modeling.load_classifier(PRETRAINED, names, params["model"]["trust_remote_code"])
+    plan = strategies.prepare(strategy, model, params, work_dir=CHECKPOINTS / "domain", tokenizer=tokenizer,
                               domain_texts=parts[data.POOL]["text"].tolist())
-    summary = train_classifier(plan.model, tokenizer, parts, params, params["peft"]["epochs"],
-                               params[strategy]["learning_rate"], CHECKPOINTS, plan.param_groups, plan.callbacks,
-                               curves_dir=CURVES)
-    with atomic_dir(OUT_DIR) as out:
+    results, timing = train_classifier(plan.model, tokenizer, parts, params, params["peft"]["epochs"],
+                                       params[strategy]["learning_rate"], CHECKPOINTS, plan.param_groups,
+                                       plan.callbacks, curves_dir=CHECKPOINTS / "curves")
+    timing.update(plan.metrics)  # what the strategy measured before the task training: a duration
+    timing["peft_train_seconds"] = round(timing["train_seconds"] + timing.get("domain_adapter_seconds", 0), 1)
+    with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
         strategies.save_adapted(plan.model, strategy, tokenizer, out)
-    write_json("metrics/peft.json", {"strategy": strategy, **summary, **plan.metrics})
-    print(f"peft ({strategy}): val macro-F1 {summary['val_macro_f1']:.4f}, "
-          f"{summary['trainable_fraction']:.2%} of parameters trained")
+        write_json(metrics_file, {"strategy": strategy, **results})
+        write_json(timing_file, timing)
+        (CHECKPOINTS / "curves").rename(curves)
+    checkpointing.finish(CHECKPOINTS)
+    print(f"peft ({strategy}): val macro-F1 {results['val_macro_f1']:.4f}, "
+          f"{results['trainable_fraction']:.2%} of parameters trained")
 
 
 if __name__ == "__main__":

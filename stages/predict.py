@@ -53,9 +53,9 @@ class Classifier:
         settings = json.loads((folder / INFERENCE_FILE).read_text()) if (folder / INFERENCE_FILE).is_file() else {}
         self.max_length = settings.get("max_length", 512)
         self.truncation = settings.get("truncation", "head")
-        config = AutoConfig.from_pretrained(folder)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         onnx_file = folder / (INT8_FILE if precision == "int8" else FP32_FILE)
         if onnx_file.is_file():
             from stages.exporting import onnx_logits, onnx_session

@@ -1,22 +1,25 @@
 """Stage 2: domain-adaptive masked-LM pretraining (DAPT, optionally TAPT) of the encoder."""
 import math
-import shutil
 from pathlib import Path
 
 import torch
 
-from stages import data, modeling
+from stages import checkpointing, data, modeling, strategies
 from stages.config import UserError, run_stage
 from stages.masked_lm import fixed_masked_batches, masked_lm_loss, train_masked_lm
-from stages.outputs import atomic_dir, write_json
+from stages.outputs import replaced_together, write_json
 from stages.tracking import live_files
 
+PREPARED = Path("data/prepared")
 OUT_DIR = Path("models/pretrained")
-CHECKPOINTS = Path("checkpoints/pretrain")
+METRICS = Path("metrics/pretrain.json")
+TIMING = Path("metrics/timing/pretrain.json")
 CURVES = Path("metrics/curves/pretrain")
+CHECKPOINTS = Path("checkpoints/pretrain")
 
 
 def main(params):
+    strategies.preflight(params)  # model.name is not a dep of prepare: a changed one is first read here
     cfg, seed = params["pretrain"], params["seed"]
     source = modeling.resolve_model(params["model"]["name"])
     trust = params["model"]["trust_remote_code"]
@@ -24,15 +27,17 @@ def main(params):
     if not cfg["enabled"]:
         from transformers import AutoModel
 
-        live_files(CURVES).end()  # no curve, but the declared folder exists
-
-        with atomic_dir(OUT_DIR) as out:
-            modeling.save(AutoModel.from_pretrained(source, trust_remote_code=trust), tokenizer, out)
-        write_json("metrics/pretrain.json", {"enabled": False})
+        with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
+            modeling.save(AutoModel.from_pretrained(source, trust_remote_code=trust, use_safetensors=True),
+                          tokenizer, out)
+            write_json(metrics_file, {"enabled": False})
+            write_json(timing_file, {"train_seconds": 0.0})
+            live_files(curves).end()  # no curve, but the declared folder exists
+        checkpointing.finish(CHECKPOINTS)
         return
     from transformers import AutoModel, AutoModelForMaskedLM
 
-    parts, _ = data.load_prepared()
+    parts, _ = data.load_prepared(PREPARED)
     texts = parts[data.POOL]["text"].tolist()
     held_out, texts = texts[:cfg["eval_texts"]], texts[cfg["eval_texts"]:]
     if cfg["include_task_texts"]:
@@ -41,27 +46,31 @@ def main(params):
         raise UserError(f"pretraining needs texts, but the unlabeled pool has {len(parts[data.POOL])} rows "
                         f"(pretrain.eval_texts={cfg['eval_texts']} are held out). Raise data.pool_fraction, "
                         "set pretrain.include_task_texts, or set pretrain.enabled to false.")
+    checkpointing.claim(CHECKPOINTS, checkpointing.run_identity(params, [PREPARED, source]),
+                        params["checkpoints"]["resume"])
     torch.manual_seed(seed)
-    model = AutoModelForMaskedLM.from_pretrained(source, trust_remote_code=trust)
+    model = AutoModelForMaskedLM.from_pretrained(source, trust_remote_code=trust, use_safetensors=True)
     eval_batches = fixed_masked_batches(held_out, tokenizer, cfg, seed)
     loss_before = masked_lm_loss(model, eval_batches)
     train_seconds = train_masked_lm(model, tokenizer, texts, cfg, seed, CHECKPOINTS, cfg["max_steps"],
-                                    cfg["learning_rate"], curves_dir=CURVES)
+                                    cfg["learning_rate"], params["checkpoints"]["every_steps"],
+                                    curves_dir=CHECKPOINTS / "curves")
     model.to("cpu")
     loss_after = masked_lm_loss(model, eval_batches)
     # Keep the encoder with its pooler: the masked-LM model has none, the classifier wants the pretrained one.
-    encoder = AutoModel.from_pretrained(source, trust_remote_code=trust)
+    encoder = AutoModel.from_pretrained(source, trust_remote_code=trust, use_safetensors=True)
     missing, unexpected = encoder.load_state_dict(model.base_model.state_dict(), strict=False)
     if unexpected or any("pooler" not in key for key in missing):
         raise RuntimeError(f"encoder weights did not line up: missing {missing}, unexpected {unexpected}")
-    with atomic_dir(OUT_DIR) as out:
+    with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
         modeling.save(encoder, tokenizer, out)
-    shutil.rmtree(CHECKPOINTS, ignore_errors=True)
-    write_json("metrics/pretrain.json", {
-        "enabled": True, "train_texts": len(texts), "eval_texts": len(held_out), "steps": cfg["max_steps"],
-        "train_seconds": round(train_seconds, 1),
-        "mlm_loss_before": loss_before, "mlm_loss_after": loss_after,
-        "perplexity_before": math.exp(loss_before), "perplexity_after": math.exp(loss_after)})
+        write_json(metrics_file, {
+            "enabled": True, "train_texts": len(texts), "eval_texts": len(held_out), "steps": cfg["max_steps"],
+            "mlm_loss_before": loss_before, "mlm_loss_after": loss_after,
+            "perplexity_before": math.exp(loss_before), "perplexity_after": math.exp(loss_after)})
+        write_json(timing_file, {"train_seconds": round(train_seconds, 1)})
+        (CHECKPOINTS / "curves").rename(curves)
+    checkpointing.finish(CHECKPOINTS)
     print(f"pretrain: held-out MLM loss {loss_before:.3f} -> {loss_after:.3f}")
 
 

@@ -7,7 +7,7 @@ where the strategy sets its own learning rates, and Trainer callbacks. `save_ada
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stages import injected
+from stages import injected, modeling
 from stages.config import UserError
 from stages.modeling import load_saved_classifier, save
 from stages.layerwise import (GradualUnfreezing, encoder_layers, freeze_all_but, head_parameters,
@@ -81,9 +81,101 @@ STRATEGIES = {
 }
 
 
+def _layer_count(config):
+    for key in ("num_hidden_layers", "n_layers", "n_layer", "num_layers"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    return None
+
+
+def check_fits(strategy, params, config):
+    """Refuse a strategy that cannot work on this model, from the model's config alone (cheap: no weights):
+    partial.top_layers above the layer count, target_modules 'auto' for a model type peft has no table for, the
+    adapters library on an architecture it does not support, prefix / prompt on a config peft cannot size."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
+
+    layers = _layer_count(config)
+    if strategy == "partial" and layers and params["partial"]["top_layers"] > layers:
+        raise UserError(f"partial.top_layers is {params['partial']['top_layers']} but the model has only {layers} "
+                        f"encoder layers; choose 1 to {layers}.")
+    if strategy in ("lora", "ia3") and params[strategy]["target_modules"] == "auto":
+        if not injected.auto_targets(strategy).get(config.model_type):
+            raise UserError(f"no default {strategy} target modules for model type {config.model_type!r}; set "
+                            f"{strategy}.target_modules to a list of its linear layers' names (the attention "
+                            "projections, such as [query, value] in BERT).")
+    if strategy in ("adapter", "adapter_stack"):
+        injected.check_adapters_support(strategy, config.model_type)
+    if strategy == "adapter_stack" and type(config) not in MODEL_FOR_MASKED_LM_MAPPING:
+        raise UserError(f"adapter_stack trains its domain adapter with masked-LM, which model type "
+                        f"{config.model_type!r} has no head for; use strategy adapter.")
+    if strategy in ("prefix", "prompt"):
+        injected.check_prompt_learning(strategy, params, config)
+
+
+def preflight(params):
+    """The early check of params against the model, before any data or training work (call it first in a stage):
+    model.name must be a model (modeling.check_model: config and tokenizer only, no weights) that the chosen
+    strategy fits (check_fits). Returns the model's config."""
+    strategy, model = params["strategy"], params["model"]
+    config = modeling.check_model(model["name"], model["trust_remote_code"],
+                                  masked_lm=params["pretrain"]["enabled"] or strategy == "adapter_stack")
+    check_fits(strategy, params, config)
+    return config
+
+
+def _misfit(strategy, config, error):
+    return UserError(f"strategy {strategy!r} does not fit model type {config.model_type!r}: "
+                     f"{modeling._short(error)}. Choose another strategy (lora, frozen, partial and llrd fit most "
+                     "encoders) or another model.name.")
+
+
+def probe(model, strategy, tokenizer=None):
+    """One forward pass of two short texts through the adapted model, so that a strategy that does not fit fails
+    here, before training, with a UserError. Eval mode, no gradients, RNG state forked: weights, random state
+    and each module's train/eval mode are as before."""
+    import torch
+
+    if tokenizer is not None and tokenizer.pad_token is not None:
+        inputs = dict(tokenizer(["a short probe text", "probe"], padding=True, return_tensors="pt"))
+    else:
+        try:
+            vocab = model.get_input_embeddings().num_embeddings
+        except (AttributeError, NotImplementedError):
+            vocab = getattr(model.config, "vocab_size", 5)
+        inputs = {"input_ids": torch.tensor([[1, 2, 3, 4], [1, 2, 3, 3]]) % vocab,
+                  "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])}
+    device = next(model.parameters()).device
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            logits = model(**{key: value.to(device) for key, value in inputs.items()}).logits
+    except (ValueError, TypeError, RuntimeError, NotImplementedError, AttributeError, IndexError, KeyError) as error:
+        raise _misfit(strategy, model.config, error) from None
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    if logits.shape[0] != 2:
+        raise _misfit(strategy, model.config, f"a batch of 2 texts gave {logits.shape[0]} rows of logits")
+
+
 def prepare(strategy, model, params, **context):
-    """Apply `strategy` to `model`. context: work_dir, tokenizer and domain_texts, for adapter_stack."""
-    return STRATEGIES[strategy](model, params, **context)
+    """Apply `strategy` to `model`. context: work_dir, tokenizer and domain_texts, for adapter_stack.
+
+    A strategy that does not fit the model is a UserError before training: from its config (check_fits), while
+    building it, or in one probe forward pass."""
+    check_fits(strategy, params, model.config)
+    if strategy == "adapter_stack":  # it trains its domain adapter here: a failure in training is no misfit
+        plan = STRATEGIES[strategy](model, params, **context)
+    else:
+        try:
+            plan = STRATEGIES[strategy](model, params, **context)
+        except UserError:
+            raise
+        except (ValueError, TypeError, NotImplementedError, AttributeError, KeyError) as error:
+            raise _misfit(strategy, model.config, error) from None
+    probe(plan.model, strategy, context.get("tokenizer"))
+    return plan
 
 
 def merged(model):
@@ -129,8 +221,14 @@ def load_adapted(peft_dir, base_dir):
     if saved["mergeable"]:
         return load_saved_classifier(peft_dir / "merged")
     trained = peft_dir / "trained"
-    config = AutoConfig.from_pretrained(trained)
-    base = AutoModelForSequenceClassification.from_pretrained(base_dir, config=config, use_safetensors=True)
+    # peft falls back to a torch pickle (adapter_model.bin) when the safetensors file is missing: refuse instead
+    if not saved["adapters"] and not (trained / "adapter_model.safetensors").is_file():
+        raise UserError(f"{trained} holds no adapter_model.safetensors (this pipeline loads safetensors only, never "
+                        "a pickle); re-run the peft stage (`dvc repro peft`).")
+    modeling.require_safetensors(base_dir, key="the base model folder")
+    config = AutoConfig.from_pretrained(trained, trust_remote_code=False)
+    base = AutoModelForSequenceClassification.from_pretrained(base_dir, config=config, use_safetensors=True,
+                                                              trust_remote_code=False)
     if saved["adapters"]:
         return injected.load_adapters(base, trained, saved["adapters"]).eval()
     return PeftModel.from_pretrained(base, trained).eval()

@@ -5,6 +5,7 @@ step, so training and validation loss share one step axis and `dvc plots` can dr
 """
 import os
 import sys
+from pathlib import Path
 
 from transformers import TrainerCallback
 
@@ -13,8 +14,8 @@ NOT_CURVES = ("epoch", "total_flos", "train_loss", "train_runtime", "train_sampl
               "train_steps_per_second", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
 
 
-def live_files(folder):
-    """A DVCLive logger that only writes files. DVC already runs and tracks the stage; DVCLive's own repo
+def live_files(folder, resume=False):
+    """A DVCLive logger that only writes files; `resume` keeps what the folder holds. DVC already runs and tracks the stage; DVCLive's own repo
     handling would `dvc init` an enclosing git repo when there is no DVC repo, and fails in a repo without
     commits (a fresh `git init` + `dvc repro`)."""
     from dvclive import Live
@@ -23,7 +24,17 @@ def live_files(folder):
         def _init_dvc(self):
             self._dvc_file = "dvc.yaml"
 
-    return FilesOnly(str(folder), save_dvc_exp=False, dvcyaml=None)
+    return FilesOnly(str(folder), resume=resume, save_dvc_exp=False, dvcyaml=None)
+
+
+def drop_points_after(folder, step):
+    """Cut every curve in `folder` back to the points at or before `step`: a run resumed from the checkpoint
+    at `step` logs the later ones again."""
+    for tsv in Path(folder).rglob("*.tsv"):
+        lines = tsv.read_text(encoding="utf-8").splitlines(keepends=True)
+        column = lines[0].rstrip("\n").split("\t").index("step")
+        tsv.write_text("".join(lines[:1] + [line for line in lines[1:] if int(line.split("\t")[column]) <= step]),
+                       encoding="utf-8")
 
 
 def curve_name(key):
@@ -40,7 +51,10 @@ class LiveCurves(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.live = live_files(self.folder)
+            resumed = state.global_step > 0  # the Trainer has loaded a checkpoint's state
+            if resumed:
+                drop_points_after(self.folder, state.global_step)
+            self.live = live_files(self.folder, resume=resumed)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.live is None:

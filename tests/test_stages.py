@@ -42,8 +42,9 @@ def test_finetune_learns_the_toy_task(workdir):
     result = metrics(folder, "finetune")
     assert result["val_accuracy"] >= 0.9
     assert result["trainable_fraction"] == 1.0
-    assert 0 < result["epochs_run"] <= 6 and result["train_seconds"] > 0
+    assert 0 < result["epochs_run"] <= 6 and metrics(folder, "timing/finetune")["train_seconds"] > 0
     assert (folder / "models/finetuned/model.safetensors").is_file()
+    assert list((folder / "checkpoints/finetune").iterdir()) == [], "checkpoints are dropped after success"
 
 
 def test_peft_saves_adapter_and_merged_model(workdir):
@@ -52,11 +53,11 @@ def test_peft_saves_adapter_and_merged_model(workdir):
     assert result["strategy"] == "lora"
     assert 0 < result["trainable_fraction"] < 0.5
     assert result["trainable_params"] < result["total_params"]
-    assert result["peak_memory_mb"] > 0
+    assert metrics(folder, "timing/peft")["peak_memory_mb"] > 0
     adapter = load_file(folder / "models/peft/trained/adapter_model.safetensors")
     assert any("lora_A" in key for key in adapter) and any("classifier" in key for key in adapter)
     assert (folder / "models/peft/merged/model.safetensors").is_file()
-    assert not list(Path(folder).glob("models/*.tmp")), "no temporary folder left behind"
+    assert not list(Path(folder).rglob("*.partial")), "no temporary output left behind"
 
 
 def test_evaluate_puts_both_models_side_by_side(workdir):
@@ -81,9 +82,10 @@ def test_export_measures_three_runtimes(workdir):
     accuracy = result["test_accuracy"]
     assert abs(accuracy["onnx_fp32"] - accuracy["pytorch_fp32"]) <= 0.05
     assert abs(result["int8_accuracy_drop"]) <= 0.15
+    latency = metrics(folder, "timing/export")["latency_ms"]
     for batch in ("batch1", "batch32"):
-        assert set(result["latency_ms"][batch]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}
-        assert all(ms > 0 for ms in result["latency_ms"][batch].values())
+        assert set(latency[batch]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}
+        assert all(ms > 0 for ms in latency[batch].values())
     assert result["size_mb"]["onnx_int8"] < result["size_mb"]["onnx_fp32"]
     assert (folder / "models/exported/model_quantized.onnx").is_file()
 
@@ -157,14 +159,14 @@ def test_sparse_masked_lm_loss_equals_the_full_models(tiny_bert):
     model = AutoModelForMaskedLM.from_pretrained(tiny_bert).eval()
     cfg = {"mlm_probability": 0.3, "max_length": 32, "batch_size": 8}
     batch = masked_lm.fixed_masked_batches(toy_texts(8)["review"], tokenizer, cfg, seed=0)[0]
-    sparse = masked_lm.sparse_head_model(model)
-    assert isinstance(sparse, masked_lm.MaskedPositionsOnly)
+    assert masked_lm._vocabulary_head(model) is model.cls  # the sparse path is the one taken
     with torch.no_grad():
-        assert sparse(**batch)["loss"].item() == pytest.approx(model(**batch).loss.item(), rel=1e-4)
-    # and it trains the model it wraps
+        assert masked_lm.masked_positions_loss(model, batch).item() == pytest.approx(model(**batch).loss.item(),
+                                                                                       rel=1e-4)
+    # and it trains the model
     before = model.bert.encoder.layer[0].attention.self.query.weight.clone()
-    sparse.train()
-    sparse(**batch)["loss"].backward()
+    model.train()
+    masked_lm.masked_positions_loss(model, batch).backward()
     torch.optim.SGD(model.parameters(), lr=0.1).step()
     assert not torch.equal(before, model.bert.encoder.layer[0].attention.self.query.weight)
 

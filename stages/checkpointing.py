@@ -1,0 +1,90 @@
+"""Resuming a killed training stage from its last checkpoint.
+
+Each training stage keeps its Trainer checkpoints and its curves-in-progress in its own folder,
+checkpoints/<stage>, which dvc.yaml declares with `persist: true` so that `dvc repro` leaves it in place.
+The folder remembers the run that wrote it (run.json: params, input files and code); the next run resumes
+only when it is the same run, and starts afresh otherwise. After success the folder is emptied.
+"""
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from stages.outputs import read_json, write_json
+
+RUN_FILE = "run.json"
+CODE_DIR = Path(__file__).parent
+NOT_RESULTS = ("checkpoints",)  # params that never change a result
+
+
+def _digest(path):
+    """sha256 over a file, or over the relative names and contents of every file in a folder."""
+    path, digest = Path(path), hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def run_identity(params, inputs):
+    """What a run's result depends on: its params, the files it reads (those that exist) and the stages' code."""
+    return json.loads(json.dumps({
+        "params": {key: value for key, value in params.items() if key not in NOT_RESULTS},
+        "inputs": {str(path): _digest(path) for path in map(Path, inputs) if path.exists()},
+        "code": hashlib.sha256(b"".join(p.read_bytes() for p in sorted(CODE_DIR.glob("*.py")))).hexdigest(),
+    }))
+
+
+def claim(folder, identity, resume=True):
+    """Make `folder` this run's: keep its checkpoints when the same run wrote them (and `resume` is on),
+    else empty it. Returns True when there is something to resume from."""
+    folder = Path(folder)
+    run_file = folder / RUN_FILE
+    if resume and run_file.is_file() and read_json(run_file) == identity:
+        return last_complete_checkpoint(folder) is not None
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    write_json(run_file, identity)
+    return False
+
+
+def _step(checkpoint):
+    try:
+        return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the Trainer writes trainer_state.json last: without it the save was cut short
+
+
+def last_complete_checkpoint(folder):
+    """The newest checkpoint-N folder the Trainer finished writing, or None; half-written ones are removed."""
+    folder = Path(folder)
+    complete = []
+    for checkpoint in folder.glob("checkpoint-*"):
+        if _step(checkpoint) is None:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        else:
+            complete.append(checkpoint)
+    return str(max(complete, key=_step)) if complete else None
+
+
+def finish(folder):
+    """Empty the folder once the stage's outputs are in place: the checkpoints are no longer needed."""
+    folder = Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+
+
+class SaveEvery(TrainerCallback):
+    """Save a checkpoint every `steps` optimizer steps, besides the Trainer's own saves at each epoch's end."""
+
+    def __init__(self, steps):
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.steps == 0:
+            control.should_save = True

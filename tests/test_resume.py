@@ -1,0 +1,170 @@
+"""Resume after a kill, no half-written outputs, the same numbers twice: through `dvc repro`, on the tiny BERT."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT, tiny_params, toy_texts
+from tests.test_pipeline import run, stages_run
+
+STEPS_PER_EPOCH = 20  # 160 training rows of the toy data, batches of 8
+EVERY = 3  # checkpoint steps: most checkpoints fall mid-epoch
+
+
+@pytest.fixture(scope="module")
+def toy_repo(tiny_bert, tmp_path_factory):
+    """A fresh git + DVC repo of this project on the tiny BERT and 400 toy texts, prepared and pretrained."""
+    folder = tmp_path_factory.mktemp("resume")
+    for name in ("stages", "dvc.yaml", ".gitignore", ".dvcignore"):
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, folder / name)
+    toy_texts(400).to_csv(folder / "reviews.csv", index=False)
+    params = tiny_params(tiny_bert, "reviews.csv")
+    params["checkpoints"]["every_steps"] = EVERY
+    params["finetune"]["epochs"] = 3
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], folder)
+    run(["dvc", "init", "-q"], folder)
+    run(["dvc", "repro", "pretrain"], folder)
+    return folder
+
+
+def start(args, folder):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(args, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group: the signal reaches DVC and the stage
+
+
+def kill_after_checkpoint(folder, stage, step, signum):
+    """Run `dvc repro --force <stage>`; once the Trainer has saved checkpoint-<step>, signal the whole process
+    group."""
+    process = start(["dvc", "repro", "--force", "--single-item", stage], folder)
+    state = folder / "checkpoints" / stage / f"checkpoint-{step}" / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not state.is_file():
+        assert process.poll() is None, f"the run ended before checkpoint-{step}:\n{process.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    os.killpg(process.pid, signum)
+    process.wait(timeout=60)
+    return process.stdout.read()
+
+
+def curves_without_time(folder, stage):
+    root = folder / "metrics/curves" / stage / "plots/metrics"
+    return {str(path.relative_to(root)): pd.read_csv(path, sep="\t").drop(columns="timestamp", errors="ignore")
+            for path in sorted(root.rglob("*.tsv"))}
+
+
+def outcome(folder, stage, model_dir):
+    """What a finished run leaves: its metrics file (bytes), curves (timestamps aside) and weights."""
+    weights = load_file(next((folder / model_dir).rglob("*.safetensors")))
+    return ((folder / f"metrics/{stage}.json").read_bytes(), curves_without_time(folder, stage), weights)
+
+
+def assert_same(resumed, uninterrupted, resumed_step, logging_steps):
+    """Identical metrics and weights; identical curves but for one point: the Trainer's logged training loss
+    averages the steps since its last log, and a resumed run counts those from the checkpoint, not the last log."""
+    assert resumed[0] == uninterrupted[0], "metrics differ"
+    assert resumed[1].keys() == uninterrupted[1].keys()
+    for name, frame in resumed[1].items():
+        other = uninterrupted[1][name]
+        if name == "train/loss.tsv" and resumed_step % logging_steps:
+            first_log = (resumed_step // logging_steps + 1) * logging_steps
+            assert (frame.step == first_log).sum() == 1
+            frame, other = frame[frame.step != first_log], other[other.step != first_log]
+        pd.testing.assert_frame_equal(frame.reset_index(drop=True), other.reset_index(drop=True), obj=name)
+    assert resumed[2].keys() == uninterrupted[2].keys()
+    for name, tensor in resumed[2].items():
+        assert torch.equal(tensor, uninterrupted[2][name]), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(toy_repo):
+    output = run(["dvc", "repro", "--force", "--single-item", "finetune"], toy_repo)
+    assert "resuming" not in output
+    return outcome(toy_repo, "finetune", "models/finetuned")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill", "term", "ctrl-c"])
+def test_a_killed_finetune_resumes_and_ends_as_if_never_stopped(toy_repo, uninterrupted, signum):
+    folder = toy_repo
+    kill_after_checkpoint(folder, "finetune", 12, signum)
+    # nothing that looks complete: DVC removed the old outputs, the stage had not yet put new ones in place
+    for output in ("models/finetuned", "metrics/finetune.json", "metrics/timing/finetune.json",
+                   "metrics/curves/finetune"):
+        assert not (folder / output).exists(), f"{output} exists after the kill"
+    assert "finetune" in run(["dvc", "status"], folder)
+
+    output = run(["dvc", "repro", "finetune"], folder)
+    resumed_step = json.loads((folder / "metrics/timing/finetune.json").read_text())["resumed_from_step"]
+    assert f"resuming from checkpoints/finetune/checkpoint-{resumed_step}" in output
+    assert resumed_step >= 12 and resumed_step % STEPS_PER_EPOCH != 0, "resumed mid-epoch"
+    assert list((folder / "checkpoints/finetune").iterdir()) == [], "checkpoints are dropped after success"
+    assert not list(folder.rglob("*.partial"))
+    logging_steps = yaml.safe_load((folder / "params.yaml").read_text())["train"]["logging_steps"]
+    assert_same(outcome(folder, "finetune", "models/finetuned"), uninterrupted, resumed_step, logging_steps)
+    assert "up to date" in run(["dvc", "status", "finetune"], folder).lower()
+
+
+def test_two_forced_runs_write_identical_metrics(toy_repo):
+    """Same seed, same machine: every metrics file (timings aside, in metrics/timing/) and plot table is
+    byte-identical after a second `dvc repro --force`."""
+    def results():
+        files = [*(toy_repo / "metrics").glob("*.json"), *(toy_repo / "metrics/plots").glob("*.csv")]
+        return {path.name: path.read_bytes() for path in files}
+
+    run(["dvc", "repro", "--force"], toy_repo)
+    first = results()
+    assert len(first) == 6 + 7
+    run(["dvc", "repro", "--force"], toy_repo)
+    assert results() == first
+
+
+RESUMABLE = [("pretrain", "lora"), ("peft", "lora"), ("peft", "prefix"), ("peft", "adapter"), ("peft", "gradual"),
+             ("peft", "adapter_stack")]
+
+
+@pytest.mark.parametrize("stage,strategy", RESUMABLE, ids=[f"{s}-{t}" if s == "peft" else s for s, t in RESUMABLE])
+def test_an_interrupted_stage_resumes_to_the_same_result(workdir, tmp_path, monkeypatch, capsys, stage, strategy):
+    """Stopped right after its checkpoint at step 9 (Ctrl-C), the stage's next run resumes there and ends with
+    the metrics and weights of a run that never stopped; peft and adapters checkpoints alike."""
+    from transformers import TrainerCallback
+
+    from stages import peft, pretrain
+
+    source, params = workdir
+    for name in ("data/prepared", "models/pretrained"):
+        shutil.copytree(source / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    params = {**params, "strategy": strategy, "checkpoints": {"resume": True, "every_steps": EVERY}}
+    module = {"pretrain": pretrain, "peft": peft}[stage]
+    model_dir = {"pretrain": "models/pretrained", "peft": "models/peft"}[stage]
+
+    module.main(params)
+    uninterrupted = outcome(tmp_path, stage, model_dir)
+
+    def stop_after_checkpoint_9(self, args, state, control, **kwargs):
+        if state.global_step == 9:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TrainerCallback, "on_save", stop_after_checkpoint_9, raising=False)
+        with pytest.raises(KeyboardInterrupt):
+            module.main(params)
+    capsys.readouterr()
+    module.main(params)
+    assert "resuming from checkpoints/" in capsys.readouterr().out
+    logging_steps = 1 if stage == "pretrain" else params["train"]["logging_steps"]  # pretrain logs every step
+    assert_same(outcome(tmp_path, stage, model_dir), uninterrupted, 9, logging_steps)
