@@ -3,7 +3,7 @@
 Each training stage keeps its Trainer checkpoints and its curves-in-progress in its own folder,
 checkpoints/<stage>, which dvc.yaml declares with `persist: true` so that `dvc repro` leaves it in place.
 The folder remembers the run that wrote it (run.json: params, input files and code); the next run resumes
-only when it is the same run, and starts afresh otherwise. After success the folder is emptied.
+only when it is the same run, and starts afresh otherwise. After success the folder is emptied (but for a README.md).
 """
 import hashlib
 import json
@@ -15,6 +15,11 @@ from transformers import TrainerCallback
 from stages.outputs import read_json, write_json
 
 RUN_FILE = "run.json"
+MARKER = "README.md"
+MARKER_TEXT = """While a training stage runs, its Trainer checkpoints land here; if the stage is killed, the next
+`dvc repro` or `dvc exp run` resumes from the newest complete one. Emptied when the stage succeeds, but for
+this file, which git tracks so that a fresh clone has the folder dvc.lock records.
+"""
 CODE_DIR = Path(__file__).parent
 NOT_RESULTS = ("checkpoints",)  # params that never change a result
 
@@ -47,8 +52,7 @@ def claim(folder, identity, resume=True):
     run_file = folder / RUN_FILE
     if resume and run_file.is_file() and read_json(run_file) == identity:
         return last_complete_checkpoint(folder) is not None
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    _empty(folder)
     write_json(run_file, identity)
     return False
 
@@ -72,11 +76,16 @@ def last_complete_checkpoint(folder):
     return str(max(complete, key=_step)) if complete else None
 
 
-def finish(folder):
-    """Empty the folder once the stage's outputs are in place: the checkpoints are no longer needed."""
+def _empty(folder):
     folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    (folder / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
+
+
+def finish(folder):
+    """Empty the folder once the stage's outputs are in place: the checkpoints are no longer needed."""
+    _empty(folder)
 
 
 class SaveEvery(TrainerCallback):

@@ -36,6 +36,8 @@ def toy_repo(tiny_bert, tmp_path_factory):
     run(["git", "init", "-q"], folder)
     run(["dvc", "init", "-q"], folder)
     run(["dvc", "repro", "pretrain"], folder)
+    run(["git", "add", "-A"], folder)
+    run(["git", "commit", "-qm", "prepared and pretrained"], folder)  # `dvc exp run` needs a commit
     return folder
 
 
@@ -46,10 +48,10 @@ def start(args, folder):
                             start_new_session=True)  # its own process group: the signal reaches DVC and the stage
 
 
-def kill_after_checkpoint(folder, stage, step, signum):
-    """Run `dvc repro --force <stage>`; once the Trainer has saved checkpoint-<step>, signal the whole process
-    group."""
-    process = start(["dvc", "repro", "--force", "--single-item", stage], folder)
+def kill_after_checkpoint(folder, stage, step, signum, command=None):
+    """Run `dvc repro --force <stage>` (or `command`); once the Trainer has saved checkpoint-<step>, signal the
+    whole process group."""
+    process = start(command or ["dvc", "repro", "--force", "--single-item", stage], folder)
     state = folder / "checkpoints" / stage / f"checkpoint-{step}" / "trainer_state.json"
     deadline = time.monotonic() + 300
     while not state.is_file():
@@ -111,11 +113,22 @@ def test_a_killed_finetune_resumes_and_ends_as_if_never_stopped(toy_repo, uninte
     resumed_step = json.loads((folder / "metrics/timing/finetune.json").read_text())["resumed_from_step"]
     assert f"resuming from checkpoints/finetune/checkpoint-{resumed_step}" in output
     assert resumed_step >= 12 and resumed_step % STEPS_PER_EPOCH != 0, "resumed mid-epoch"
-    assert list((folder / "checkpoints/finetune").iterdir()) == [], "checkpoints are dropped after success"
+    assert [p.name for p in (folder / "checkpoints/finetune").iterdir()] == ["README.md"], \
+        "checkpoints are dropped after success"
     assert not list(folder.rglob("*.partial"))
     logging_steps = yaml.safe_load((folder / "params.yaml").read_text())["train"]["logging_steps"]
     assert_same(outcome(folder, "finetune", "models/finetuned"), uninterrupted, resumed_step, logging_steps)
     assert "up to date" in run(["dvc", "status", "finetune"], folder).lower()
+
+
+def test_a_killed_dvc_exp_run_resumes_on_the_next_one(toy_repo):
+    """`dvc exp run` force-checks-out cached outputs before it runs: the checkpoints folder is not cached, so the
+    next experiment run still finds the killed one's checkpoints."""
+    experiment = ["dvc", "exp", "run", "-S", "finetune.learning_rate=0.001"]
+    kill_after_checkpoint(toy_repo, "finetune", 12, signal.SIGKILL, experiment)
+    output = run([*experiment, "--verbose"], toy_repo)
+    assert "resuming from checkpoints/finetune/checkpoint-" in output
+    assert json.loads((toy_repo / "metrics/timing/finetune.json").read_text())["resumed_from_step"] >= 12
 
 
 def test_two_forced_runs_write_identical_metrics(toy_repo):
