@@ -31,9 +31,11 @@ def drop_points_after(folder, step):
     """Cut every curve in `folder` back to the points at or before `step`: a run resumed from the checkpoint
     at `step` logs the later ones again."""
     for tsv in Path(folder).rglob("*.tsv"):
-        lines = tsv.read_text(encoding="utf-8").splitlines(keepends=True)
-        column = lines[0].rstrip("\n").split("\t").index("step")
-        tsv.write_text("".join(lines[:1] + [line for line in lines[1:] if int(line.split("\t")[column]) <= step]),
+        header, *rows = tsv.read_text(encoding="utf-8").splitlines(keepends=True)
+        names = header.rstrip("\n").split("\t")
+        # a kill can cut the last row short: keep whole rows only
+        rows = [row for row in rows if row.endswith("\n") and len(row.split("\t")) == len(names)]
+        tsv.write_text("".join([header] + [row for row in rows if int(row.split("\t")[names.index("step")]) <= step]),
                        encoding="utf-8")
 
 

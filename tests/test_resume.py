@@ -48,13 +48,20 @@ def start(args, folder):
                             start_new_session=True)  # its own process group: the signal reaches DVC and the stage
 
 
+def written_whole(state):
+    try:
+        return "global_step" in json.loads(state.read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def kill_after_checkpoint(folder, stage, step, signum, command=None):
     """Run `dvc repro --force <stage>` (or `command`); once the Trainer has saved checkpoint-<step>, signal the
     whole process group."""
     process = start(command or ["dvc", "repro", "--force", "--single-item", stage], folder)
-    state = folder / "checkpoints" / stage / f"checkpoint-{step}" / "trainer_state.json"
+    checkpoint = folder / "checkpoints" / stage / f"checkpoint-{step}"
     deadline = time.monotonic() + 300
-    while not state.is_file():
+    while not written_whole(checkpoint / "trainer_state.json"):  # the Trainer writes it last
         assert process.poll() is None, f"the run ended before checkpoint-{step}:\n{process.stdout.read()[-3000:]}"
         assert time.monotonic() < deadline
         time.sleep(0.002)
@@ -181,3 +188,13 @@ def test_an_interrupted_stage_resumes_to_the_same_result(workdir, tmp_path, monk
     assert "resuming from checkpoints/" in capsys.readouterr().out
     logging_steps = 1 if stage == "pretrain" else params["train"]["logging_steps"]  # pretrain logs every step
     assert_same(outcome(tmp_path, stage, model_dir), uninterrupted, 9, logging_steps)
+
+
+def test_curves_are_cut_back_to_the_checkpoint_and_a_torn_last_row_dropped(tmp_path):
+    from stages.tracking import drop_points_after
+
+    loss = tmp_path / "plots/metrics/train/loss.tsv"
+    loss.parent.mkdir(parents=True)
+    loss.write_text("step\tloss\n1\t0.7\n5\t0.6\n10\t0.5\n1")  # killed while writing the step-15 row
+    drop_points_after(tmp_path, 5)
+    assert loss.read_text() == "step\tloss\n1\t0.7\n5\t0.6\n"
