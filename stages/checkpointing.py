@@ -83,6 +83,14 @@ def _empty(folder):
     (folder / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
 
 
+def resume_point(folder):
+    """The checkpoint a Trainer writing into `folder` resumes from (announced), or None."""
+    checkpoint = last_complete_checkpoint(folder)
+    if checkpoint:
+        print(f"resuming from {checkpoint}", flush=True)
+    return checkpoint
+
+
 def finish(folder):
     """Empty the folder once the stage's outputs are in place: the checkpoints are no longer needed."""
     _empty(folder)

@@ -134,7 +134,6 @@ def adapter(model, params):
     """A bottleneck adapter after each layer's feed-forward block (Pfeiffer) or after both blocks (Houlsby)."""
     import adapters
 
-    check_adapters_support("adapter", model.config.model_type)
     adapters.init(model)
     model.add_adapter(TASK, config=bottleneck_config(params["adapter"]))
     model.train_adapter(TASK)  # freezes the backbone; the classifier of a plain transformers model stays trainable
@@ -150,7 +149,6 @@ def train_domain_adapter(base_dir, tokenizer, texts, params, out_dir):
 
     cfg = params["adapter_stack"]
     model = AutoModelForMaskedLM.from_pretrained(base_dir, use_safetensors=True)
-    check_adapters_support("adapter_stack", model.config.model_type)
     adapters.init(model)
     model.add_adapter(DOMAIN, config=bottleneck_config(cfg))
     model.train_adapter(DOMAIN)

@@ -4,7 +4,7 @@ import time
 import torch
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback
 
-from stages.checkpointing import last_complete_checkpoint
+from stages.checkpointing import resume_point
 from stages.tracking import LiveCurves, show_progress
 
 
@@ -102,9 +102,7 @@ def train_masked_lm(model, tokenizer, texts, cfg, seed, output_dir, max_steps, l
     collator = BatchSeededMasking(tokenizer, cfg["mlm_probability"], seed)
     started = time.perf_counter()
     callbacks = [ResumeMasking(collator), *([LiveCurves(curves_dir)] if curves_dir else [])]
-    resume_from = last_complete_checkpoint(output_dir)
-    if resume_from:
-        print(f"resuming from {resume_from}", flush=True)
+    resume_from = resume_point(output_dir)
     MaskedLMTrainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
                     callbacks=callbacks).train(resume_from_checkpoint=resume_from)
     return time.perf_counter() - started

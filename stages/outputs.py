@@ -65,14 +65,6 @@ def replaced_together(*paths):
         move_into_place(temporary, path)
 
 
-@contextlib.contextmanager
-def atomic_dir(path):
-    """Yield a fresh temporary folder beside `path`; on success it replaces `path` in one rename."""
-    with replaced_together(path) as (temporary,):
-        temporary.mkdir(parents=True)
-        yield temporary
-
-
 def write_json(path, data):
     """Write JSON through a temporary file and an atomic rename."""
     path = Path(path)

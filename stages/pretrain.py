@@ -25,18 +25,13 @@ def main(params):
     trust = params["model"]["trust_remote_code"]
     tokenizer = modeling.load_tokenizer(source, trust)
     if not cfg["enabled"]:
-        from transformers import AutoModel
-
         with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
-            modeling.save(AutoModel.from_pretrained(source, trust_remote_code=trust, use_safetensors=True),
-                          tokenizer, out)
+            modeling.save(modeling.load_encoder(source, trust), tokenizer, out)
             write_json(metrics_file, {"enabled": False})
             write_json(timing_file, {"train_seconds": 0.0})
             live_files(curves).end()  # no curve, but the declared folder exists
         checkpointing.finish(CHECKPOINTS)
         return
-    from transformers import AutoModel, AutoModelForMaskedLM
-
     parts, _ = data.load_prepared(PREPARED)
     texts = parts[data.POOL]["text"].tolist()
     held_out, texts = texts[:cfg["eval_texts"]], texts[cfg["eval_texts"]:]
@@ -49,7 +44,7 @@ def main(params):
     checkpointing.claim(CHECKPOINTS, checkpointing.run_identity(params, [PREPARED, source]),
                         params["checkpoints"]["resume"])
     torch.manual_seed(seed)
-    model = AutoModelForMaskedLM.from_pretrained(source, trust_remote_code=trust, use_safetensors=True)
+    model = modeling.load_encoder(source, trust, masked_lm=True)
     eval_batches = fixed_masked_batches(held_out, tokenizer, cfg, seed)
     loss_before = masked_lm_loss(model, eval_batches)
     train_seconds = train_masked_lm(model, tokenizer, texts, cfg, seed, CHECKPOINTS, cfg["max_steps"],
@@ -58,7 +53,7 @@ def main(params):
     model.to("cpu")
     loss_after = masked_lm_loss(model, eval_batches)
     # Keep the encoder with its pooler: the masked-LM model has none, the classifier wants the pretrained one.
-    encoder = AutoModel.from_pretrained(source, trust_remote_code=trust, use_safetensors=True)
+    encoder = modeling.load_encoder(source, trust)
     missing, unexpected = encoder.load_state_dict(model.base_model.state_dict(), strict=False)
     if unexpected or any("pooler" not in key for key in missing):
         raise RuntimeError(f"encoder weights did not line up: missing {missing}, unexpected {unexpected}")

@@ -6,7 +6,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-from stages.checkpointing import SaveEvery, last_complete_checkpoint
+from stages.checkpointing import SaveEvery, resume_point
 from stages.data import to_dataset
 from stages.metrics import trainer_metrics
 from stages.modeling import count_parameters
@@ -82,9 +82,7 @@ def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, out
         callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=train_cfg["early_stopping_patience"]),
                    SaveEvery(params["checkpoints"]["every_steps"]), *([LiveCurves(curves_dir)] if curves_dir else [])])
     started = time.perf_counter()
-    resume_from = last_complete_checkpoint(output_dir)
-    if resume_from:
-        print(f"resuming from {resume_from}", flush=True)
+    resume_from = resume_point(output_dir)
     trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
     validation = trainer.evaluate()

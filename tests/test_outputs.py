@@ -2,15 +2,17 @@ from pathlib import Path
 
 import pytest
 
-from stages.outputs import atomic_dir, read_json, write_json
+from stages.outputs import read_json, replaced_together, write_json
 
 
 def test_a_failed_write_leaves_the_previous_output_and_no_temporary(tmp_path):
     target = tmp_path / "model"
-    with atomic_dir(target) as out:
+    with replaced_together(target) as (out,):
+        out.mkdir()
         (out / "weights").write_text("v1")
     with pytest.raises(RuntimeError):
-        with atomic_dir(target) as out:
+        with replaced_together(target) as (out,):
+            out.mkdir()
             (out / "weights").write_text("half")
             raise RuntimeError("killed mid-save")
     assert (target / "weights").read_text() == "v1"
@@ -19,9 +21,11 @@ def test_a_failed_write_leaves_the_previous_output_and_no_temporary(tmp_path):
 
 def test_a_successful_write_replaces_the_output_whole(tmp_path):
     target = tmp_path / "model"
-    with atomic_dir(target) as out:
+    with replaced_together(target) as (out,):
+        out.mkdir()
         (out / "old_file").write_text("v1")
-    with atomic_dir(target) as out:
+    with replaced_together(target) as (out,):
+        out.mkdir()
         (out / "new_file").write_text("v2")
     assert sorted(p.name for p in target.iterdir()) == ["new_file"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
@@ -34,8 +38,6 @@ def test_write_json_round_trips_without_leaving_a_temporary(tmp_path):
 
 
 def test_outputs_replaced_together_all_or_none(tmp_path):
-    from stages.outputs import replaced_together
-
     folder, table = tmp_path / "model", tmp_path / "metrics.json"
     with replaced_together(folder, table) as (out, metrics):
         out.mkdir()
