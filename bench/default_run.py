@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-STAGES = ("prepare", "pretrain", "finetune", "peft", "evaluate", "export")
+STAGES = ("prepare", "baseline", "pretrain", "finetune", "peft", "evaluate", "export")
 OUT = Path("bench/default_run.md")
 
 
@@ -46,12 +46,15 @@ def main():
         f"{evaluate['finetune']['macro_f1']:.4f} |",
         f"| {peft['strategy']}: test accuracy / macro-F1 | {evaluate['peft']['accuracy']:.4f} / "
         f"{evaluate['peft']['macro_f1']:.4f} |",
+        f"| TF-IDF + logistic-regression baseline: test accuracy / macro-F1 | "
+        f"{evaluate['baseline']['accuracy']:.4f} / {evaluate['baseline']['macro_f1']:.4f} |",
+        f"| quality warnings (evaluate) | {', '.join(w['kind'] + ' (' + w['model'] + ')' for w in evaluate['warnings']) or 'none'} |",
         f"| {peft['strategy']} macro-F1 as a fraction of the full fine-tune's | "
         f"{evaluate['peft_macro_f1_vs_finetune']:.3f} |",
         f"| trainable parameters: full fine-tune / {peft['strategy']} | {finetune['trainable_params']:,} / "
         f"{peft['trainable_params']:,} ({peft['trainable_fraction']:.2%}) |",
-        f"| train seconds: full fine-tune / {peft['strategy']} | {finetune_time['train_seconds']:.0f} / "
-        f"{peft_time['train_seconds']:.0f} |",
+        f"| train seconds: full fine-tune / {peft['strategy']} / baseline | {finetune_time['train_seconds']:.0f} / "
+        f"{peft_time['train_seconds']:.0f} / {metrics('timing/baseline')['fit_seconds']:.0f} |",
         f"| exported ({export['source']}) test accuracy: PyTorch fp32 / ONNX fp32 / ONNX int8 | "
         + " / ".join(f"{export['test_accuracy'][k]:.4f}" for k in ("pytorch_fp32", "onnx_fp32", "onnx_int8")) + " |",
         "| size on disk MB: PyTorch fp32 / ONNX fp32 / ONNX int8 | "

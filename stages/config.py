@@ -13,7 +13,7 @@ PARAMS_FILE = Path("params.yaml")
 STRATEGIES = ("lora", "ia3", "prefix", "prompt", "adapter", "adapter_stack", "frozen", "partial", "gradual", "llrd",
               "scratch")
 ADAPTER_KINDS = ("pfeiffer", "houlsby")
-EXPORT_SOURCES = ("peft", "finetune")
+EXPORT_SOURCES = ("best", "peft", "finetune", "baseline")
 TRUNCATION = ("head", "tail", "head_tail")
 
 
@@ -46,6 +46,8 @@ FRACTION = _number(float, 0.0, 1.0)
 LEARNING_RATE = _number(float, 0.0, 1.0, low_open=True)
 BOOL = (bool, None, "true or false")
 TEXT = (str, lambda v: bool(v.strip()), "a non-empty string")
+NGRAM_RANGE = (list, lambda v: len(v) == 2 and all(isinstance(n, int) and not isinstance(n, bool) for n in v)
+               and 1 <= v[0] <= v[1] <= 10, "a list of two integers [smallest, largest] with 1 <= smallest <= largest <= 10")
 
 SCHEMA = {
     "seed": COUNT,
@@ -69,6 +71,9 @@ SCHEMA = {
         "max_val": OPTIONAL_CAP,
         "max_test": OPTIONAL_CAP,
         "max_pool": OPTIONAL_CAP,
+        "min_train_per_class": COUNT,
+        "max_unknown_rate": FRACTION,
+        "max_tokens_per_word": _number(float, 1.0),
     },
     "pretrain": {
         "enabled": BOOL,
@@ -92,6 +97,7 @@ SCHEMA = {
         "early_stopping_patience": POSITIVE_INT,
         "group_by_length": BOOL,
         "logging_steps": POSITIVE_INT,
+        "class_weights": _choice("auto", "none"),
     },
     "finetune": {"epochs": POSITIVE_INT, "learning_rate": LEARNING_RATE},
     "peft": {"epochs": POSITIVE_INT},
@@ -117,9 +123,12 @@ SCHEMA = {
                       "reduction_factor": POSITIVE_INT, "domain_steps": POSITIVE_INT,
                       "domain_learning_rate": LEARNING_RATE},
     "scratch": {"learning_rate": LEARNING_RATE},
-    "evaluate": {"batch_size": POSITIVE_INT},
+    "baseline": {"word_ngrams": NGRAM_RANGE, "char_ngrams": NGRAM_RANGE, "max_features": POSITIVE_INT,
+                 "C": _number(float, 0.0, low_open=True)},
+    "evaluate": {"batch_size": POSITIVE_INT, "fail_on_warning": BOOL},
     "export": {
         "source": _choice(*EXPORT_SOURCES),
+        "max_recall_drop": FRACTION,
         "latency_runs": POSITIVE_INT,
         "latency_warmup": COUNT,
         "latency_max_length": _number(int, 8),

@@ -10,6 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from stages.config import UserError
@@ -22,7 +23,9 @@ SPLITS = ("train", "validation", "test")
 POOL = "unlabeled"
 MAX_CLASSES = 100
 
-_TAG = re.compile(r"<[^>]{0,200}>")
+# Real markup only: a tag name after `<` (`<br />`, `<a href="...">`, `</p>`) or a comment. `<name@example.com>`,
+# `<https://...>` and `<3` are text and stay.
+_TAG = re.compile(r"<!--.{0,2000}?-->|</?[A-Za-z][A-Za-z0-9]{0,20}(?:\s[^<>]{0,500})?/?>", re.S)
 _SPACE = re.compile(r"\s+")
 
 
@@ -152,16 +155,21 @@ def clean_text(text):
 
 
 def clean(frame, min_chars, max_chars):
-    """Normalise texts, then drop what can't be learned from; return the frame and rows dropped per reason.
+    """Normalise texts, then drop what can't be learned from; return the frame and what was removed, by kind.
 
     Missing (NaN) or blank texts and labels are dropped and counted, never crashed on; a text longer than
-    max_chars (a million characters, say) is cut to max_chars and counted in `truncated_to_max_chars`."""
+    max_chars (a million characters, say) is cut to max_chars and counted in `truncated_to_max_chars`; HTML
+    tags removed are counted (`html_tags_removed`, in `texts_with_html_removed` texts)."""
     dropped = {}
     blank_label = frame["label"].map(lambda v: isinstance(v, str) and not v.strip())
     missing = frame["text"].isna() | frame["label"].isna() | blank_label
     dropped["missing_text_or_label"] = int(missing.sum())
     frame = frame[~missing].copy()
-    frame["text"] = frame["text"].astype(str).map(clean_text)
+    texts = frame["text"].astype(str)
+    tags = texts.str.count(_TAG.pattern, flags=re.S)
+    dropped["html_tags_removed"] = int(tags.sum())  # counted, the texts kept
+    dropped["texts_with_html_removed"] = int((tags > 0).sum())
+    frame["text"] = texts.map(clean_text)
     too_long = frame["text"].str.len() > max_chars
     dropped["truncated_to_max_chars"] = int(too_long.sum())  # counted, not dropped
     frame.loc[too_long, "text"] = frame.loc[too_long, "text"].str.slice(0, max_chars)
@@ -196,46 +204,95 @@ def label_names(frame, where):
     return names
 
 
-def take(frame, size, seed):
-    """Split `frame` in two, the first of `size` rows, stratified by label where every class allows it."""
-    from sklearn.model_selection import train_test_split
+def _quotas(counts, size, min_taken, min_left):
+    """Rows to take from each class: proportional to its share (largest remainder), at least min(count, min_taken),
+    and leaving at least min(count - that, min_left) behind."""
+    low = np.minimum(counts, min_taken)
+    high = counts - np.minimum(counts - low, min_left)
+    exact = counts * size / counts.sum()
+    quota = np.clip(np.floor(exact), low, high).astype(int)
+    while quota.sum() < size and (quota < high).any():
+        room = np.where(quota < high, exact - quota, -np.inf)
+        quota[int(np.argmax(room))] += 1
+    while quota.sum() > size and (quota > low).any():
+        excess = np.where(quota > low, quota - exact, -np.inf)
+        quota[int(np.argmax(excess))] -= 1
+    return quota
 
+
+def take(frame, size, seed, min_taken=0, min_left=0):
+    """Split `frame` in two, the first of about `size` rows, stratified by label: each class gives its share,
+    but at least min(its rows, min_taken) to the first part and keeps min(rest, min_left) in the second, so a rare
+    class is neither lost to a cap nor carried off whole into another split. Frames without labels: a plain sample."""
     if size <= 0:
         return frame.iloc[:0], frame
     if size >= len(frame):
         return frame, frame.iloc[:0]
-    counts = frame["label"].value_counts()
-    stratify = frame["label"] if counts.min() >= 2 and size >= len(counts) and len(frame) - size >= len(counts) else None
-    taken, rest = train_test_split(frame, train_size=size, random_state=seed, stratify=stratify)
-    return taken, rest
+    rng = np.random.default_rng(seed)
+    if "label" not in frame:
+        chosen = rng.permutation(len(frame))[:size]
+        return frame.iloc[np.sort(chosen)], frame.drop(frame.index[chosen])
+    labels = frame["label"].to_numpy()
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = _quotas(counts, size, min_taken, min_left)
+    chosen = np.concatenate([rng.permutation(np.flatnonzero(labels == label))[:count]
+                             for label, count in zip(classes, quota)])
+    taken = np.zeros(len(frame), dtype=bool)
+    taken[chosen] = True
+    return frame[taken], frame[~taken]
 
 
 def split(frame, cfg, seed):
-    """Seeded stratified train / validation / test split plus a disjoint unlabeled pool for pretraining."""
+    """Seeded stratified train / validation / test split plus a disjoint unlabeled pool for pretraining.
+
+    Every class keeps at least one training row (a class with 1 or 2 rows goes to train whole, unevaluated), and
+    up to data.min_train_per_class of them when the pool or max_train would take more."""
     n = len(frame)
-    test, rest = take(frame, max(1, round(n * cfg["test_fraction"])), seed)
-    val, rest = take(rest, max(1, round(n * cfg["val_fraction"])), seed + 1)
-    pool, train = take(rest, round(len(rest) * cfg["pool_fraction"]), seed + 2)
+    floor = cfg["min_train_per_class"]
+    classes = frame["label"].nunique()
+    if cfg["max_train"] is not None and cfg["max_train"] < classes:
+        raise UserError(f"data.max_train is {cfg['max_train']} but the data has {classes} classes; a model cannot "
+                        "learn a class it never sees. Raise data.max_train (or set it to null).")
+    test, rest = take(frame, max(1, round(n * cfg["test_fraction"])), seed, min_left=2)
+    val, rest = take(rest, max(1, round(n * cfg["val_fraction"])), seed + 1, min_left=1)
+    pool, train = take(rest, round(len(rest) * cfg["pool_fraction"]), seed + 2, min_left=floor)
     caps = {"train": cfg["max_train"], "validation": cfg["max_val"], "test": cfg["max_test"], POOL: cfg["max_pool"]}
     parts = {"train": train, "validation": val, "test": test, POOL: pool}
     for name, cap in caps.items():
         if cap is not None and len(parts[name]) > cap:
-            parts[name] = take(parts[name], cap, seed + 3)[0]
+            parts[name] = take(parts[name], cap, seed + 3, min_taken=floor if name == "train" else 1)[0]
     parts = {name: part.sort_index().reset_index(drop=True) for name, part in parts.items()}
     parts[POOL] = parts[POOL][["text"]]
     if len(parts["train"]) < 2:
         raise UserError(f"only {len(parts['train'])} training rows remain after cleaning and splitting; "
                         "add data or lower data.test_fraction / data.val_fraction / data.pool_fraction.")
-    unseen = set(parts["validation"]["label"]) | set(parts["test"]["label"])
-    unseen -= set(parts["train"]["label"])
-    if unseen:
-        counts = {label: int(count) for label, count in frame["label"].value_counts().items()}
-        rows = ", ".join(f"{label!r}: {counts[label]} row{'s' if counts[label] != 1 else ''}" for label in sorted(unseen))
-        raise UserError(f"labels {sorted(unseen)} of data.source {cfg.get('source', '?')!r} land in validation/test "
-                        f"but not in train ({rows} in all); a model cannot learn a class it never sees. Add "
-                        "examples of them (a few per split), remove those rows, or lower data.test_fraction / "
-                        "data.val_fraction / data.pool_fraction.")
     return parts
+
+
+def split_warnings(parts, names, floor):
+    """What the split could not give: classes with fewer training rows than data.min_train_per_class, and classes
+    with no test rows (they are trained on but never measured)."""
+    warnings = []
+    train_counts = parts["train"]["label"].value_counts()
+    test_counts = parts["test"]["label"].value_counts()
+    thin = {name: int(train_counts.get(name, 0)) for name in names if train_counts.get(name, 0) < floor}
+    if thin:
+        warnings.append({"kind": "few_training_rows", "classes": thin, "min_train_per_class": floor,
+                         "message": f"{len(thin)} class(es) have fewer than data.min_train_per_class={floor} "
+                                    f"training rows ({_listing(thin)}): the data holds no more. Expect low recall on "
+                                    "them; add labelled examples of these classes."})
+    untested = [name for name in names if test_counts.get(name, 0) == 0]
+    if untested:
+        warnings.append({"kind": "classes_not_tested", "classes": untested,
+                         "message": f"class(es) {', '.join(map(repr, untested))} have no test rows (too few rows in "
+                                    "all), so no figure measures them; add labelled examples."})
+    return warnings
+
+
+def _listing(counts, limit=6):
+    items = sorted(counts.items(), key=lambda item: item[1])
+    text = ", ".join(f"{name!r}: {count}" for name, count in items[:limit])
+    return text + (f", and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def save_prepared(parts, names, out_dir):

@@ -1,15 +1,21 @@
-"""Stage 6: export the chosen model to ONNX and dynamic int8; measure size, accuracy and latency."""
+"""Stage 6: export the chosen model (by default the leaderboard's best) and measure it; a transformer goes to
+ONNX and dynamic int8, and the int8 model is checked again against the fp32 one; the TF-IDF baseline ships as its
+plain files."""
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from stages import data, exporting, modeling, strategies
-from stages.card import model_card
+from stages import data, exporting, leaderboard, modeling, quality, strategies, tfidf
+from stages.card import concerns, model_card
 from stages.config import run_stage
+from stages.metrics import classification_report
 from stages.outputs import read_json, replaced_together, write_json
 
 PRETRAINED = Path("models/pretrained")
 PEFT_DIR = Path("models/peft")
+BASELINE_DIR = Path("models/baseline")
 OUT_DIR = Path("models/exported")
 METRICS = Path("metrics/export.json")
 TIMING = Path("metrics/timing/export.json")
@@ -36,56 +42,112 @@ def export_source(source, out, tokenizer):
     return modeling.load_saved_classifier(folder), safetensors_mb(folder)
 
 
-def main(params):
+def int8_check(labels, fp32, int8, names, max_recall_drop):
+    """The int8 model's test predictions against the fp32 model's: agreement, macro-F1 change, recall drops."""
+    before, after = (classification_report(labels, p, names) for p in (fp32, int8))
+    drops = {name: round(before["per_class"][name]["recall"] - after["per_class"][name]["recall"], 4)
+             for name in names if before["per_class"][name]["support"] > 0}
+    over = {name: drop for name, drop in drops.items() if drop > max_recall_drop}
+    check = {"agreement": round(float(np.mean(fp32 == int8)), 4),
+             "macro_f1_change": round(after["macro_f1"] - before["macro_f1"], 4), "recall_drop": drops}
+    warnings = [{"kind": "int8_recall_drop", "model": "int8", "classes": over, "max_recall_drop": max_recall_drop,
+                 "message": f"int8 quantization lowered the test recall of {', '.join(map(repr, over))} by more than "
+                            f"export.max_recall_drop={max_recall_drop} ({over}; predictions agree with fp32 on "
+                            f"{check['agreement']:.1%} of texts). Ship model.onnx (fp32) instead, or quantize "
+                            "fewer layers."}] if over else []
+    return check, warnings
+
+
+def export_transformer(source, out, params, test, names):
     cfg, train_cfg = params["export"], params["train"]
-    parts, _ = data.load_prepared()
-    test = parts["test"]
     tokenizer = modeling.load_tokenizer(PRETRAINED)
+    model, torch_mb = export_source(source, out, tokenizer)
+    tokenizer.save_pretrained(out)  # the folder is a model a user can ship: ONNX files, config, tokenizer
+    fp32_path = out / exporting.FP32_FILE
+    int8_path = exporting.quantize_int8(out)
+    sessions = {"onnx_fp32": exporting.onnx_session(fp32_path), "onnx_int8": exporting.onnx_session(int8_path)}
+    predictions = {name: exporting.onnx_predict(session, tokenizer, test["text"], train_cfg["max_length"],
+                                                train_cfg["eval_batch_size"], train_cfg["truncation"])
+                   for name, session in sessions.items()}
+    labels = test["label"].to_numpy()
+    check, warnings = int8_check(labels, predictions["onnx_fp32"], predictions["onnx_int8"], names,
+                                 cfg["max_recall_drop"])
+    latency = {}
+    for batch_size in (1, 32):
+        batch = exporting.fixed_batch(tokenizer, test["text"].tolist(), batch_size, cfg["latency_max_length"])
+        runs = max(1, cfg["latency_runs"] // (4 if batch_size > 1 else 1))
+        timings = exporting.latencies(model, sessions, batch, runs, cfg["latency_warmup"])
+        latency[f"batch{batch_size}"] = {name: round(ms, 2) for name, ms in timings.items()}
+    write_json(out / exporting.INFERENCE_FILE, {"kind": "transformer", "max_length": train_cfg["max_length"],
+                                                "truncation": train_cfg["truncation"]})
+    sizes = {"pytorch_fp32": torch_mb, "onnx_fp32": exporting.size_mb(fp32_path),
+             "onnx_int8": exporting.size_mb(int8_path)}
+    accuracy = {name: float(np.mean(p == labels)) for name, p in predictions.items()}
+    figures = {"test_accuracy": accuracy, "int8_check": check, "warnings": warnings,
+               "size_mb": {name: round(mb, 2) for name, mb in sizes.items()},
+               "int8_size_ratio": sizes["onnx_int8"] / sizes["pytorch_fp32"]}
+    timing = {"latency_ms": latency, "latency_seq_length": cfg["latency_max_length"],
+              "int8_speedup_batch1": latency["batch1"]["pytorch_fp32"] / latency["batch1"]["onnx_int8"],
+              "int8_speedup_batch32": latency["batch32"]["pytorch_fp32"] / latency["batch32"]["onnx_int8"]}
+    return figures, timing
+
+
+def export_baseline(out, params, test, names):
+    """The TF-IDF baseline ships as its plain files (no pickle, no ONNX: character n-grams do not convert)."""
+    cfg = params["export"]
+    shutil.copytree(BASELINE_DIR, out)
+    write_json(out / exporting.INFERENCE_FILE, {"kind": "tfidf", "labels": names})
+    model = tfidf.load(out)
+    texts = test["text"].tolist()
+    accuracy = float(np.mean(model.predict_proba(texts).argmax(axis=1) == test["label"].to_numpy()))
+    latency = {}
+    for batch_size in (1, 32):
+        batch = [texts[i % len(texts)] for i in range(batch_size)]
+        runs = max(1, cfg["latency_runs"] // (4 if batch_size > 1 else 1))
+        ms = exporting.mean_latency_ms(lambda: model.predict_proba(batch), runs, cfg["latency_warmup"])
+        latency[f"batch{batch_size}"] = {"baseline": round(ms, 2)}
+    size = sum(exporting.size_mb(path) for path in out.iterdir())
+    return {"test_accuracy": {"baseline": accuracy}, "warnings": [], "size_mb": {"baseline": round(size, 2)}}, \
+        {"latency_ms": latency}
+
+
+def main(params):
+    cfg = params["export"]
+    parts, names = data.load_prepared()
+    board = read_json("metrics/leaderboard.json")
+    exported = board["best"] if cfg["source"] == "best" else cfg["source"]
+    data_metrics, evaluate_metrics = read_json("metrics/data.json"), read_json("metrics/evaluate.json")
     with replaced_together(OUT_DIR, METRICS, TIMING) as (out, metrics_file, timing_file):
-        out.mkdir()
-        model, torch_mb = export_source(cfg["source"], out, tokenizer)
-        tokenizer.save_pretrained(out)  # the folder is a model a user can ship: ONNX files, config, tokenizer
-        fp32_path = out / exporting.FP32_FILE
-        int8_path = exporting.quantize_int8(out)
-        sessions = {"onnx_fp32": exporting.onnx_session(fp32_path), "onnx_int8": exporting.onnx_session(int8_path)}
-        accuracy = {}
-        for name, session in sessions.items():
-            predictions = exporting.onnx_predict(session, tokenizer, test["text"], train_cfg["max_length"],
-                                                 train_cfg["eval_batch_size"], train_cfg["truncation"])
-            accuracy[name] = float(np.mean(predictions == test["label"].to_numpy()))
-        latency = {}
-        for batch_size in (1, 32):
-            batch = exporting.fixed_batch(tokenizer, test["text"].tolist(), batch_size, cfg["latency_max_length"])
-            runs = max(1, cfg["latency_runs"] // (4 if batch_size > 1 else 1))
-            timings = exporting.latencies(model, sessions, batch, runs, cfg["latency_warmup"])
-            latency[f"batch{batch_size}"] = {name: round(ms, 2) for name, ms in timings.items()}
-        sizes = {"pytorch_fp32": torch_mb, "onnx_fp32": exporting.size_mb(fp32_path),
-                 "onnx_int8": exporting.size_mb(int8_path)}
-        evaluate_metrics = read_json("metrics/evaluate.json")
-        torch_accuracy = evaluate_metrics[cfg["source"]]["accuracy"]
-        summary = {
-            "source": cfg["source"],
-            "strategy": params["strategy"] if cfg["source"] == "peft" else "full fine-tune",
-            "test_accuracy": {"pytorch_fp32": torch_accuracy, **accuracy},
-            "int8_accuracy_drop": torch_accuracy - accuracy["onnx_int8"],
-            "size_mb": {name: round(mb, 2) for name, mb in sizes.items()},
-            "int8_size_ratio": sizes["onnx_int8"] / sizes["pytorch_fp32"],
-        }
-        timing = {  # measured on this machine: the one part of the stage's figures that differs run to run
-            "latency_ms": latency,
-            "latency_seq_length": cfg["latency_max_length"],
-            "int8_speedup_batch1": latency["batch1"]["pytorch_fp32"] / latency["batch1"]["onnx_int8"],
-            "int8_speedup_batch32": latency["batch32"]["pytorch_fp32"] / latency["batch32"]["onnx_int8"],
-        }
-        write_json(out / exporting.INFERENCE_FILE, {"max_length": train_cfg["max_length"],
-                                                    "truncation": train_cfg["truncation"]})
-        (out / "README.md").write_text(model_card(
-            params, read_json("metrics/data.json"), read_json("metrics/peft.json"), evaluate_metrics, summary,
-            timing), encoding="utf-8")
+        if exported == "baseline":
+            figures, timing = export_baseline(out, params, parts["test"], names)
+        else:
+            out.mkdir()
+            figures, timing = export_transformer(exported, out, params, parts["test"], names)
+        summary = {"source": cfg["source"], "exported": exported,
+                   "model": {"finetune": "full fine-tune", "peft": params["strategy"],
+                             "baseline": "TF-IDF baseline"}[exported],
+                   **figures}
+        if exported != "baseline":  # the PyTorch model's, measured by evaluate, beside the ONNX ones
+            summary["test_accuracy"] = {"pytorch_fp32": evaluate_metrics[exported]["accuracy"],
+                                        **summary["test_accuracy"]}
+            summary["int8_accuracy_drop"] = (summary["test_accuracy"]["pytorch_fp32"]
+                                             - summary["test_accuracy"]["onnx_int8"])
+        (out / "README.md").write_text(model_card(params, data_metrics, read_json("metrics/peft.json"),
+                                                  evaluate_metrics, board, summary, timing), encoding="utf-8")
         write_json(metrics_file, summary)
         write_json(timing_file, timing)
-    print(f"export: int8 test accuracy {accuracy['onnx_int8']:.4f} (PyTorch {torch_accuracy:.4f}), "
-          f"{sizes['onnx_int8']:.1f} MB, batch-1 latency {latency['batch1']}")
+    print(quality.report(evaluate_metrics))
+    runner_up, lead = leaderboard.margin(board, exported)
+    print(f"export: {summary['model']} ({exported}; export.source: {cfg['source']}), validation macro-F1 "
+          f"{board[exported]['val_macro_f1']:.4f}, {lead:+.4f} against {runner_up}; files in {OUT_DIR}/")
+    quality.announce(summary["warnings"], "export")
+    found = concerns(exported, data_metrics, evaluate_metrics) + summary["warnings"]
+    if found:
+        print(f"export: NOT RECOMMENDED: the exported model has {len(found)} quality warning(s): "
+              + "; ".join(w["kind"] for w in found) + f". Its files are written; {OUT_DIR}/README.md says why.")
+    if summary["warnings"] and params["evaluate"]["fail_on_warning"]:
+        sys.exit(f"error: the int8 check warned and evaluate.fail_on_warning is true; {OUT_DIR} was written for "
+                 "you to read.")
 
 
 if __name__ == "__main__":

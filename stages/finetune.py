@@ -3,7 +3,7 @@ from pathlib import Path
 
 import torch
 
-from stages import checkpointing, data, modeling
+from stages import checkpointing, data, modeling, quality
 from stages.config import run_stage
 from stages.outputs import replaced_together, write_json
 from stages.training import train_classifier
@@ -27,6 +27,7 @@ def main(params):
     results, timing = train_classifier(model, tokenizer, parts, params, params["finetune"]["epochs"],
                                        params["finetune"]["learning_rate"], CHECKPOINTS,
                                        curves_dir=CHECKPOINTS / "curves")
+    results["warnings"] = quality.guard("finetune", results.pop("val_report"), names, "validation", params["strategy"])
     with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
         modeling.save(model, tokenizer, out)
         write_json(metrics_file, results)
@@ -34,6 +35,7 @@ def main(params):
         (CHECKPOINTS / "curves").rename(curves)
     checkpointing.finish(CHECKPOINTS)
     print(f"finetune: val macro-F1 {results['val_macro_f1']:.4f} in {timing['train_seconds']} s")
+    quality.announce(results["warnings"], "finetune")
 
 
 if __name__ == "__main__":

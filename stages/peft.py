@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from stages import checkpointing, data, modeling, strategies
+from stages import checkpointing, data, modeling, quality, strategies
 from stages.config import run_stage
 from stages.outputs import replaced_together, write_json
 from stages.training import train_classifier
@@ -36,6 +36,7 @@ def main(params):
     results, timing = train_classifier(plan.model, tokenizer, parts, params, params["peft"]["epochs"],
                                        params[strategy]["learning_rate"], CHECKPOINTS, plan.param_groups,
                                        plan.callbacks, curves_dir=CHECKPOINTS / "curves")
+    results["warnings"] = quality.guard("peft", results.pop("val_report"), names, "validation", strategy)
     timing.update(plan.metrics)  # what the strategy measured before the task training: a duration
     timing["peft_train_seconds"] = round(timing["train_seconds"] + timing.get("domain_adapter_seconds", 0), 1)
     with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
@@ -46,6 +47,7 @@ def main(params):
     checkpointing.finish(CHECKPOINTS)
     print(f"peft ({strategy}): val macro-F1 {results['val_macro_f1']:.4f}, "
           f"{results['trainable_fraction']:.2%} of parameters trained")
+    quality.announce(results["warnings"], f"peft ({strategy})")
 
 
 if __name__ == "__main__":

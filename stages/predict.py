@@ -40,6 +40,28 @@ def read_texts(source):
     return [clean_text(line) for line in lines]
 
 
+class BaselineClassifier:
+    """An exported TF-IDF baseline (export.source picked it, or `best` did): plain files, no tokenizer."""
+
+    def __init__(self, folder, settings):
+        from stages import tfidf
+
+        self.labels = settings["labels"]
+        self.model = tfidf.load(folder)
+
+    def probabilities(self, texts, batch_size=32):
+        return self.model.predict_proba(texts)
+
+
+def load_classifier(folder, precision="int8"):
+    """The classifier in `folder`: the exported baseline's plain files, or a transformer (ONNX or PyTorch)."""
+    settings_file = Path(folder) / INFERENCE_FILE
+    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    if settings.get("kind") == "tfidf":
+        return BaselineClassifier(folder, settings)
+    return Classifier(folder, precision)
+
+
 class Classifier:
     """An ONNX export (int8 by default) or a saved PyTorch classifier folder, with its tokenizer and labels."""
 
@@ -95,7 +117,8 @@ def format_rows(labels, probabilities, style):
         best = int(row.argmax())
         if style == "jsonl":
             yield json.dumps({"label": labels[best], "score": round(float(row[best]), 6),
-                              "scores": {name: round(float(p), 6) for name, p in zip(labels, row)}})
+                              "scores": {name: round(float(p), 6) for name, p in zip(labels, row)}},
+                             ensure_ascii=False)  # labels as UTF-8 text, not \u escapes
         else:
             yield f"{labels[best]}\t{row[best]:.6f}"
 
@@ -113,7 +136,7 @@ def main(argv=None):
     logging.set_verbosity_error()  # stdout carries the labels; stderr only what went wrong
     try:
         texts = read_texts(args.input)
-        classifier = Classifier(args.model, args.precision)
+        classifier = load_classifier(args.model, args.precision)
         probabilities = classifier.probabilities(texts, args.batch_size)
     except UserError as error:
         sys.exit(f"error: {error}")

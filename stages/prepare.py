@@ -1,7 +1,8 @@
-"""Stage 1: read the data, clean it, split it, carve the unlabeled pretraining pool."""
+"""Stage 1: read the data, clean it, split it, carve the unlabeled pretraining pool; measure how well the model's
+tokenizer covers the texts."""
 from pathlib import Path
 
-from stages import data, strategies
+from stages import coverage, data, modeling, quality, strategies
 from stages.config import run_stage
 from stages.outputs import replaced_together, write_json
 
@@ -26,12 +27,22 @@ def main(params):
     rows = {name: len(part) for name, part in parts.items()}
     per_label = {name: {label: int((parts[name]["label"] == label).sum()) for label in names}
                  for name in data.SPLITS}
+    model = params["model"]
+    tokenizer = modeling.load_tokenizer(modeling.resolve_model(model["name"]), model["trust_remote_code"])
+    measured = coverage.measure(parts["train"]["text"], tokenizer)
+    warnings = (data.split_warnings(parts, names, cfg["min_train_per_class"])
+                + coverage.warnings(measured, cfg["max_unknown_rate"], cfg["max_tokens_per_word"], model["name"]))
     with replaced_together(OUT_DIR, METRICS) as (out, metrics_file):
         out.mkdir()
         data.save_prepared(parts, names, out)
         write_json(metrics_file, {"rows_read": rows_read, "rows": rows, "rows_per_label": per_label,
-                                  "dropped": dropped, "num_classes": len(names)})
-    print(f"prepare: {rows} rows, dropped {dropped}")
+                                  "dropped": dropped, "num_classes": len(names), "coverage": measured,
+                                  "warnings": warnings})
+    print(f"prepare: {rows} rows; removed or changed: {dropped}")
+    print(f"prepare: tokenizer coverage: {measured['unknown_token_rate']:.1%} unknown tokens, "
+          f"{measured['tokens_per_word']:.2f} tokens per word; script {measured['script']}, "
+          f"language {measured['language'] or 'not recognised'}")
+    quality.announce(warnings, "prepare")
 
 
 if __name__ == "__main__":

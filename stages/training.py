@@ -2,15 +2,18 @@
 import resource
 import time
 
+import numpy as np
 import torch
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from stages.checkpointing import SaveEvery, resume_point
 from stages.data import to_dataset
-from stages.metrics import trainer_metrics
+from stages.metrics import classification_report, trainer_metrics
 from stages.modeling import count_parameters
 from stages.tracking import LiveCurves, show_progress
+
+UNEVEN = 1.5  # largest / smallest class above this: the classes count as uneven
 
 
 def peak_memory_mb():
@@ -37,7 +40,32 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
+def class_weights(labels, num_classes, setting):
+    """Inverse-frequency loss weights (n / (classes * count), as scikit-learn's 'balanced') when `setting` is 'auto'
+    and the classes are uneven (largest / smallest > 1.5); None for even classes or 'none'."""
+    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
+    if setting == "none" or counts.min() > 0 and counts.max() / counts.min() <= UNEVEN:
+        return None
+    weights = counts.sum() / (num_classes * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
 class ResumableTrainer(Trainer):
+    """The Trainer with a resumable batch order and, where given, class-weighted cross-entropy."""
+
+    def __init__(self, *args, class_weights=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.class_weights = class_weights
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.class_weights is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels,
+                                                 weight=self.class_weights.to(outputs.logits.device))
+        return (loss, outputs) if return_outputs else loss
+
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
         if isinstance(sampler, LengthGroupedSampler):
@@ -65,11 +93,15 @@ def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, out
                      callbacks=(), curves_dir=None):
     """Train on parts['train'], pick the best epoch by validation macro-F1, stop early; return (results, timing).
 
+    The loss is class-weighted where params train.class_weights asks for it (class_weights); results carry the
+    best model's validation report (`val_report`, for the quality guard).
     Checkpoints go to `output_dir`, every params checkpoints.every_steps steps and at each epoch's end; a complete
     one found there is resumed from. With `curves_dir`, the training and validation curves go there through DVCLive."""
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback
 
     train_cfg = params["train"]
+    num_classes = model.config.num_labels
+    weights = class_weights(parts["train"]["label"], num_classes, train_cfg["class_weights"])
     encode = dict(tokenizer=tokenizer, max_length=train_cfg["max_length"], truncation=train_cfg["truncation"])
     args = training_arguments(output_dir, train_cfg, epochs, learning_rate, params["seed"])
     optimizer = None
@@ -78,14 +110,18 @@ def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, out
     trainer = ResumableTrainer(
         model=model, args=args, processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
         train_dataset=to_dataset(parts["train"], **encode), eval_dataset=to_dataset(parts["validation"], **encode),
-        compute_metrics=trainer_metrics, optimizers=(optimizer, None),
+        compute_metrics=trainer_metrics, optimizers=(optimizer, None), class_weights=weights,
         callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=train_cfg["early_stopping_patience"]),
                    SaveEvery(params["checkpoints"]["every_steps"]), *([LiveCurves(curves_dir)] if curves_dir else [])])
     started = time.perf_counter()
     resume_from = resume_point(output_dir)
     trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
-    validation = trainer.evaluate()
+    validation = trainer.predict(trainer.eval_dataset, metric_key_prefix="eval")  # label_ids beside, in its order
+    logits = validation.predictions[0] if isinstance(validation.predictions, tuple) else validation.predictions
+    report = classification_report(validation.label_ids, logits.argmax(axis=-1),
+                                   [model.config.id2label[i] for i in range(num_classes)])
+    validation = validation.metrics
     timing = {"train_seconds": round(train_seconds, 1), "peak_memory_mb": round(peak_memory_mb(), 1),
               "resumed_from_step": _step_of(resume_from)}
     return {
@@ -95,6 +131,8 @@ def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, out
         "val_accuracy": validation["eval_accuracy"],
         "val_macro_f1": validation["eval_macro_f1"],
         "val_loss": validation["eval_loss"],
+        "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
+        "val_report": report,
     }, timing
 
 

@@ -23,8 +23,8 @@ def test_clean_strips_html_and_drops_what_cannot_be_learned():
     ])
     cleaned, dropped = data.clean(raw, min_chars=3, max_chars=30)
     assert cleaned["text"].tolist() == ["A fine & good film", "x" * 30]
-    assert dropped == {"missing_text_or_label": 1, "truncated_to_max_chars": 1, "empty_or_too_short": 2,
-                       "conflicting_labels": 2, "duplicates": 1}
+    assert dropped == {"missing_text_or_label": 1, "html_tags_removed": 2, "texts_with_html_removed": 1,
+                       "truncated_to_max_chars": 1, "empty_or_too_short": 2, "conflicting_labels": 2, "duplicates": 1}
 
 
 def test_integer_labels_become_names_in_numeric_order():

@@ -74,7 +74,7 @@ def test_evaluate_puts_both_models_side_by_side(workdir):
         result["peft"]["macro_f1"] / result["finetune"]["macro_f1"])
     confusion = pd.read_csv(folder / "metrics/plots/confusion_peft.csv")
     assert len(confusion) == 40 and set(confusion.columns) == {"actual", "predicted"}
-    assert len(pd.read_csv(folder / "metrics/plots/per_class.csv")) == 4
+    assert len(pd.read_csv(folder / "metrics/plots/per_class.csv")) == 6  # 2 classes x finetune, peft, baseline
 
 
 def test_export_measures_three_runtimes(workdir):
@@ -132,7 +132,9 @@ def test_model_card_quotes_the_runs_own_numbers(workdir):
     evaluated, exported, counts = metrics(folder, "evaluate"), metrics(folder, "export"), metrics(folder, "data")
     assert card.startswith("---\n") and f"base_model: {params['model']['name']}" in card
     assert f"strategy `lora`, {metrics(folder, 'peft')['trainable_fraction']:.2%} of the parameters" in card
-    assert f"| PyTorch fp32 (`peft`) | {evaluated['peft']['accuracy']:.4f} | {evaluated['peft']['macro_f1']:.4f} |" in card
+    assert f"Accuracy {evaluated['peft']['accuracy']:.4f}, macro-F1 {evaluated['peft']['macro_f1']:.4f}." in card
+    assert f"| PyTorch fp32 | {evaluated['peft']['accuracy']:.4f} |" in card
+    assert "exported because `export.source` names it" in card and "ranked by validation macro-F1" in card
     assert f"| ONNX int8 (this model) | {exported['test_accuracy']['onnx_int8']:.4f} |" in card
     assert f"{counts['rows']['train']} training" in card and "## Intended use" in card and "## Limits" in card
     for name, scores in evaluated["peft"]["per_class"].items():
@@ -197,7 +199,7 @@ def test_every_strategy_runs_peft_evaluate_export_on_few_labels(workdir, tmp_pat
     assert (run / "models/peft/merged").is_dir() == (strategy not in NOT_MERGEABLE)
     assert metrics(run, "evaluate")["strategy"] == strategy
     exported = metrics(run, "export")
-    assert exported["strategy"] == strategy
+    assert exported["model"] == strategy and exported["exported"] == "peft"
     accuracy = exported["test_accuracy"]
     assert abs(accuracy["onnx_fp32"] - accuracy["pytorch_fp32"]) <= 0.05, "the ONNX graph computes the same model"
     if strategy == "gradual":  # one more layer every 4 steps, from the head alone up to all 4 layers
