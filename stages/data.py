@@ -214,8 +214,8 @@ def _quotas(counts, size, min_taken, min_left):
     while quota.sum() < size and (quota < high).any():
         room = np.where(quota < high, exact - quota, -np.inf)
         quota[int(np.argmax(room))] += 1
-    while quota.sum() > size and (quota > low).any():
-        excess = np.where(quota > low, quota - exact, -np.inf)
+    while quota.sum() > size and (quota > low).any():  # the floors took rows: the others give them back in proportion
+        excess = np.where(quota > low, (quota - exact) / np.maximum(exact, 1e-9), -np.inf)
         quota[int(np.argmax(excess))] -= 1
     return quota
 

@@ -137,9 +137,10 @@ def main(params):
         write_json(metrics_file, summary)
         write_json(timing_file, timing)
     print(quality.report(evaluate_metrics))
+    print(leaderboard.table(board))
     runner_up, lead = leaderboard.margin(board, exported)
     print(f"export: {summary['model']} ({exported}; export.source: {cfg['source']}), validation macro-F1 "
-          f"{board[exported]['val_macro_f1']:.4f}, {lead:+.4f} against {runner_up}; files in {OUT_DIR}/")
+          f"{board[exported]['val_macro_f1']:.4f}, {lead:+.4f} against {board[runner_up]['model']}; files in {OUT_DIR}/")
     quality.announce(summary["warnings"], "export")
     found = concerns(exported, data_metrics, evaluate_metrics) + summary["warnings"]
     if found:

@@ -83,6 +83,6 @@ def report(evaluate_metrics):
     lines = [f"Quality report: test split, {evaluate_metrics['test_rows']} texts"]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4] for row in rows]
     warnings = evaluate_metrics.get("warnings", [])
-    lines.append(f"warnings: {len(warnings)}" + ("" if warnings else " (none)"))
-    lines += [f"- [{w['kind']}] {w['message']}" for w in warnings]
+    kinds = ", ".join(f"{w['kind']} ({labels.get(w['model'], w['model'])})" for w in warnings)
+    lines.append(f"quality warnings: {len(warnings)}" + (f": {kinds}" if warnings else " (none)"))
     return "\n".join(lines)

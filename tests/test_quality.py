@@ -170,6 +170,22 @@ def test_guard_names_single_class_never_predicted_and_below_baseline():
     assert "lora" in below[0]["message"] and "baseline" in below[0]["message"]
 
 
+def collapse_transformers(monkeypatch):
+    """Make every transformer the pipeline trains answer one class: a one-sided head and a learning rate of ~0."""
+    from stages import modeling
+
+    load = modeling.load_classifier
+
+    def one_sided(*args, **kwargs):  # a head that answers 'negative' for every text; lr ~0 keeps it there
+        model = load(*args, **kwargs)
+        with torch.no_grad():
+            model.classifier.weight.zero_()
+            model.classifier.bias.copy_(torch.tensor([5.0, 0.0]))
+        return model
+
+    monkeypatch.setattr(modeling, "load_classifier", one_sided)
+
+
 def test_a_collapsed_model_is_flagged_in_metrics_card_and_export(workdir, tmp_path, monkeypatch, capsys):
     """Evaluate and export a full fine-tune whose classifier always answers one class (zero weights, a bias)."""
     from safetensors.torch import load_file, save_file
@@ -201,22 +217,13 @@ def test_a_collapsed_model_is_flagged_in_metrics_card_and_export(workdir, tmp_pa
 
 
 def test_training_with_learning_rate_zero_warns_after_training(workdir, tmp_path, monkeypatch, capsys):
-    from stages import finetune, modeling
+    from stages import finetune
 
     folder, params = workdir
     run = tmp_path / "run"
     shutil.copytree(folder, run)
     monkeypatch.chdir(run)
-    load = modeling.load_classifier
-
-    def one_sided(*args, **kwargs):  # a head that answers 'negative' for every text, and lr ~0 keeps it there
-        model = load(*args, **kwargs)
-        with torch.no_grad():
-            model.classifier.weight.zero_()
-            model.classifier.bias.copy_(torch.tensor([5.0, 0.0]))
-        return model
-
-    monkeypatch.setattr(modeling, "load_classifier", one_sided)
+    collapse_transformers(monkeypatch)
     stuck = validate({**params, "finetune": {"epochs": 1, "learning_rate": 1e-12}})
     finetune.main(stuck)
     result = metrics(run, "finetune")
@@ -251,22 +258,6 @@ def test_leaderboard_ranks_by_validation_macro_f1_and_never_picks_the_dummy():
     assert [key for key, r in board.items() if isinstance(r, dict)] == ["majority", "baseline", "peft", "finetune"]
     assert board["best"] == "baseline", "the dummy never wins; a tie goes to the smaller model"
     assert leaderboard.margin(board, "baseline") == ("peft", 0)
-
-
-def collapse_transformers(monkeypatch):
-    """Make every transformer the pipeline trains answer one class: a one-sided head and a learning rate of ~0."""
-    from stages import modeling
-
-    load = modeling.load_classifier
-
-    def one_sided(*args, **kwargs):
-        model = load(*args, **kwargs)
-        with torch.no_grad():
-            model.classifier.weight.zero_()
-            model.classifier.bias.copy_(torch.tensor([5.0, 0.0]))
-        return model
-
-    monkeypatch.setattr(modeling, "load_classifier", one_sided)
 
 
 def test_best_exports_the_baseline_when_the_transformers_lose(workdir, tmp_path, monkeypatch, capsys):
