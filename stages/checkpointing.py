@@ -53,7 +53,7 @@ def claim(folder, identity, resume=True):
     if resume and run_file.is_file() and read_json(run_file) == identity:
         return last_complete_checkpoint(folder) is not None
     _empty(folder)
-    write_json(run_file, identity)
+    write_json(run_file, identity, exact=True)  # compared as it is on the next run
     return False
 
 

@@ -1,9 +1,12 @@
 """Data: fetch the built-in IMDB reviews or read the user's file, clean it, split it, tokenize it."""
 import codecs
+import csv
 import difflib
 import hashlib
 import html
 import io
+import itertools
+import json
 import re
 import subprocess
 import sys
@@ -27,6 +30,7 @@ MAX_CLASSES = 100
 # `<https://...>` and `<3` are text and stay.
 _TAG = re.compile(r"<!--.{0,2000}?-->|</?[A-Za-z][A-Za-z0-9]{0,20}(?:\s[^<>]{0,500})?/?>", re.S)
 _SPACE = re.compile(r"\s+")
+_CONTINUATION = bytes(range(0x80, 0xc0))  # the bytes that continue a UTF-8 character
 
 
 def sha256_of(path):
@@ -69,30 +73,173 @@ def fetch_imdb(raw_dir):
 
 
 def _first_bad_utf8(path):
-    """(line number, byte offset, byte value) of the first byte in `path` that is not UTF-8, or None."""
+    """(line, column, byte value) of the first byte in `path` that is not UTF-8, or None.
+
+    Line and column count from 1, as an editor shows them; the column counts characters (a UTF-8 character of
+    several bytes is one column), not bytes, and a byte-order mark at the start of the file is not counted."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
+    offset = 0  # of `block` in the file
+    lines = 0  # newlines before `block`
+    line_start = 0  # offset of the first byte of the line that `block` continues
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+        for block in itertools.chain(iter(lambda: handle.read(1 << 20), b""), [None]):
+            final = block is None  # the end of the file: a character cut off there is an error too
+            block = block or b""
             try:
-                decoder.decode(block)
+                decoder.decode(block, final)
             except UnicodeDecodeError as error:
                 # the decoder may hold back up to 3 bytes of the previous block: error.start counts from them
-                pending = len(error.object) - len(block)
-                start = offset - pending + error.start
-                with open(path, "rb") as again:
-                    head = again.read(start + 1)
-                return head.count(b"\n", 0, start) + 1, start, head[start]
+                start = offset - (len(error.object) - len(block)) + error.start
+                end = max(start - offset, 0)
+                lines += block.count(b"\n", 0, end)
+                newline = block.rfind(b"\n", 0, end)
+                if newline >= 0:
+                    line_start = offset + newline + 1
+                handle.seek(line_start)
+                head = handle.read(min(start - line_start, 1 << 20))
+                if line_start == 0 and head.startswith(codecs.BOM_UTF8):
+                    head = head[len(codecs.BOM_UTF8):]
+                characters = 0
+                while head:  # the line before the bad byte is valid UTF-8: a character per byte not 0x80-0xbf
+                    characters += len(head.translate(None, _CONTINUATION))
+                    head = handle.read(min(start - handle.tell(), 1 << 20))
+                handle.seek(start)
+                return lines + 1, characters + 1, handle.read(1)[0]
+            lines += block.count(b"\n")
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                line_start = offset + newline + 1
             offset += len(block)
     return None
 
 
 def _not_utf8(path, error):
     found = _first_bad_utf8(path)
-    where = (f"line {found[0]}, byte {found[1]} is {found[2]:#04x}" if found
-             else f"{error.reason} at byte {error.start}")
-    return UserError(f"data.source {str(path)!r} is not valid UTF-8 ({where}); re-save it as UTF-8, e.g. "
+    where = (f"byte {found[2]:#04x} at line {found[0]}, column {found[1]} (columns count characters from 1)"
+             if found else f"{error.reason} at byte {error.start}")
+    return UserError(f"data.source {str(path)!r} is not valid UTF-8: {where}; re-save it as UTF-8, e.g. "
                      f"`iconv -f latin1 -t utf-8 {path} > fixed{path.suffix}` and point data.source at the result.")
+
+
+def _snippet(line, column, width=60):
+    """`line` shortened to about `width` characters around `column` (from 1), with … where it was cut."""
+    line = line.rstrip("\r\n")
+    if len(line) <= width:
+        return line
+    begin = min(max(column - 1 - width // 2, 0), len(line) - width)
+    return ("…" if begin > 0 else "") + line[begin:begin + width] + ("…" if begin + width < len(line) else "")
+
+
+def _json_type(value):
+    return {list: "a JSON array", str: "a JSON string", bool: "true or false", type(None): "null",
+            dict: "a JSON object"}.get(type(value), "a number")
+
+
+def _json_problem(path, lines, text_column, label_column):
+    """Where a JSON (lines) file pandas could not read breaks, as 'line L, column C …', or None if Python's json
+    reads it. Lines count from 1 and include blank ones, as an editor numbers them; columns count characters."""
+    columns = ", ".join(f'"{name}": …' for name in (text_column, label_column))
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        if not lines:
+            try:
+                json.loads(handle.read(), strict=False)
+            except json.JSONDecodeError as error:
+                text = error.doc.split("\n")[error.lineno - 1]
+                return (f"line {error.lineno}, column {error.colno} (columns count characters from 1): {error.msg}; "
+                        f"the line reads: {_snippet(text, error.colno)}")
+            return None
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue  # pandas skips blank lines too
+            line = line.rstrip("\r\n")  # else an error at the end of the line is put on the next one
+            try:
+                value = json.loads(line, strict=False)
+            except json.JSONDecodeError as error:
+                return (f"line {number}, column {error.colno} (columns count characters from 1): {error.msg}; the "
+                        f"line reads: {_snippet(line, error.colno)}")
+            if not isinstance(value, dict):
+                return (f"line {number} is {_json_type(value)} ({_snippet(line, 1)}), not a JSON object; each line "
+                        f"must be one object such as {{{columns}}}")
+    return None
+
+
+def _json_line_of_row(path, row):
+    """The line (from 1, blank lines included) of the `row`-th (from 1) object of a JSON lines file."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        for number, line in enumerate(handle, 1):
+            row -= bool(line.strip())
+            if row == 0:
+                return number
+    return None
+
+
+def _csv_record_line(path, record):
+    """The line (from 1) on which the `record`-th row (from 1, the header and blank lines counted, as pandas'
+    C parser counts them) of a CSV file starts; a quoted field can span lines, so the two may differ."""
+    limit = csv.field_size_limit()
+    csv.field_size_limit(sys.maxsize)  # a quote left open swallows the rest of the file into one field
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as handle:
+            reader = csv.reader(handle)
+            ended = 0  # the line the previous row ended on
+            for number, _ in enumerate(reader, 1):
+                if number == record:
+                    return ended + 1
+                ended = reader.line_num
+    except csv.Error:
+        return None
+    finally:
+        csv.field_size_limit(limit)
+    return None
+
+
+def _csv_where(path, message):
+    """pandas' C parser error, with the line of the file it means where its count of rows is no line number."""
+    fields = re.search(r"Expected \d+ fields in line (\d+)", message)
+    if fields:
+        record = int(fields.group(1))
+        line = _csv_record_line(path, record)
+        if line is not None and line != record:  # pandas counted rows: a quoted field above spans lines
+            message += f" (pandas counts rows there: row {record} starts on line {line} of the file)"
+        return message
+    unclosed = re.search(r"EOF inside string starting at row (\d+)", message)
+    if unclosed:
+        line = _csv_record_line(path, int(unclosed.group(1)) + 1)  # pandas' row counts from 0, the header included
+        if line is not None:
+            message += f": the quote opened on line {line} is never closed"
+    return message
+
+
+def _nested_cells(frame, path, suffix, text_column, label_column):
+    """Refuse a text or label column that holds lists or dicts (JSON arrays / objects, Parquet lists / structs):
+    str() of them would make texts and classes like "['neg']". Numbers and booleans stay: clean() names them."""
+    where = f"data.source {str(path)!r}"
+    for key, column in (("data.text_column", text_column), ("data.label_column", label_column)):
+        values = frame[column]
+        if values.dtype != object:
+            continue
+        nested = values.map(lambda v: isinstance(v, (list, tuple, set, frozenset, np.ndarray, dict))).to_numpy()
+        if not nested.any():
+            continue
+        rows = np.flatnonzero(nested)
+        value = values.iloc[rows[0]]
+        kind = "a dict" if isinstance(value, dict) else "a list"
+        value = value.tolist() if isinstance(value, np.ndarray) else value
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:59] + "…"
+        row = f"data row {rows[0] + 1} (counted from 1)"
+        if suffix == ".jsonl":
+            line = _json_line_of_row(path, rows[0] + 1)
+            row += f", on line {line} of the file" if line is not None else ""
+        more = f"; {len(rows) - 1} more row(s) do too" if len(rows) > 1 else ""
+        head = f"{where}: column {column!r} (params.yaml '{key}') holds {kind} in {row}: {shown}{more}."
+        if key == "data.text_column":
+            raise UserError(f"{head} Each row needs one text, a string. Join the pieces into one string per row, or "
+                            "point data.text_column at the column that holds the text.")
+        single = list(value.values()) if isinstance(value, dict) else list(value)
+        example = single[0] if len(single) == 1 and isinstance(single[0], (str, int)) else "positive"
+        raise UserError(f"{head} Each row needs a single label, a string or an integer (such as {example!r}): "
+                        f"store the label itself, not {kind} around it. Multi-label data (several labels per row) "
+                        "is not supported yet.")
 
 
 def read_table(path, text_column, label_column):
@@ -118,8 +265,8 @@ def read_table(path, text_column, label_column):
                             "file.")
         if suffix == ".csv":
             frame = pd.read_csv(path, encoding="utf-8-sig")  # -sig: a byte-order mark must not stick to a name
-        elif suffix in (".jsonl", ".json"):
-            frame = pd.read_json(path, lines=suffix == ".jsonl", encoding="utf-8")
+        elif suffix in (".jsonl", ".json"):  # -sig: a byte-order mark (Windows Notepad writes one) is no error
+            frame = pd.read_json(path, lines=suffix == ".jsonl", encoding="utf-8-sig")
         else:
             frame = pd.read_parquet(path)
     except UserError:
@@ -131,8 +278,18 @@ def read_table(path, text_column, label_column):
                         "or point data.source at a copy you can read.") from None
     except pd.errors.EmptyDataError:
         raise UserError(f"{where} holds no data (only blank lines). Fill it with {rows}.") from None
-    except (ValueError, OSError, pd.errors.ParserError) as error:
-        raise UserError(f"{where} could not be read as {kind}: {str(error).rstrip('.')}. Fix the file (or its extension), or point "
+    except (ValueError, TypeError, OSError, pd.errors.ParserError) as error:
+        # pandas' JSON reader says where as a character position in the whole file (or not at all, and a line
+        # that is no object raises TypeError): find the line and column; its CSV reader counts rows, not lines
+        reason = str(error).strip().rstrip(".")
+        try:
+            if suffix in (".jsonl", ".json"):
+                reason = _json_problem(path, suffix == ".jsonl", text_column, label_column) or reason
+            elif suffix == ".csv":
+                reason = _csv_where(path, reason)
+        except UnicodeDecodeError as bad:
+            raise _not_utf8(path, bad) from None
+        raise UserError(f"{where} could not be read as {kind}: {reason}. Fix the file (or its extension), or point "
                         "data.source at another file.") from None
     if frame.empty:
         header = f" It has the columns {', '.join(map(str, frame.columns))} but no rows." if len(frame.columns) else ""
@@ -147,6 +304,7 @@ def read_table(path, text_column, label_column):
             raise UserError(f"{where} has no column {column!r} (set by params.yaml '{key}').{hint} "
                             f"Its columns are: {', '.join(columns)}.")
     frame.columns = columns
+    _nested_cells(frame, path, suffix, text_column, label_column)
     return frame[[text_column, label_column]].set_axis(["text", "label"], axis=1)
 
 
@@ -267,6 +425,21 @@ def split(frame, cfg, seed):
         raise UserError(f"only {len(parts['train'])} training rows remain after cleaning and splitting; "
                         "add data or lower data.test_fraction / data.val_fraction / data.pool_fraction.")
     return parts
+
+
+def check_pretrain_pool(parts, pretrain):
+    """Domain pretraining holds `pretrain.eval_texts` of the unlabeled pool out (to measure the masked-LM loss
+    before and after) and trains on the rest: a pool too small for both is refused in prepare, before anything
+    trains, rather than in pretrain after the data work."""
+    if not pretrain["enabled"]:
+        return
+    pool, held_out = len(parts[POOL]), pretrain["eval_texts"]
+    trainable = max(pool - held_out, 0) + (len(parts["train"]) if pretrain["include_task_texts"] else 0)
+    if pool == 0 or trainable == 0:
+        raise UserError(f"domain pretraining needs texts, but the unlabeled pool has {pool} rows and "
+                        f"pretrain.eval_texts={held_out} of them are held out, which leaves none to train on. Lower "
+                        "pretrain.eval_texts, raise data.pool_fraction or data.max_pool, set "
+                        "pretrain.include_task_texts: true, or set pretrain.enabled: false.")
 
 
 def split_warnings(parts, names, floor):

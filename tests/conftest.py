@@ -62,7 +62,8 @@ def tiny_params(model_dir, data_file):
     params = default_params()
     params["model"]["name"] = str(model_dir)
     params["data"].update(source=str(data_file), text_column="review", label_column="sentiment",
-                          max_train=None, max_val=None, max_test=None, max_pool=None, min_chars=3)
+                          max_train=None, max_val=None, max_test=None, max_pool=None, min_chars=3,
+                          min_train_per_class=5)  # a 60-row toy set keeps a pool for pretraining
     params["pretrain"].update(max_steps=30, eval_texts=16, learning_rate=1e-3, batch_size=8, max_length=32)
     params["train"].update(max_length=32, batch_size=8, logging_steps=5, early_stopping_patience=3)
     params["finetune"].update(epochs=6, learning_rate=2e-3)

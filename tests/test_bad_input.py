@@ -3,6 +3,7 @@ and the security checks. docs/robustness.md lists every case with the test that 
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,10 +75,20 @@ def test_permission_denied_is_one_clear_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name, content, expected", [
-    ("broken.csv", b'review,sentiment\n"an open quote,pos\n', r"could not be read as CSV: .*EOF inside string.*Fix "
-                                                             r"the file \(or its extension\)"),
+    ("broken.csv", b'review,sentiment\nfine,pos\n"an open quote,pos\nmore,neg\n',
+     r"could not be read as CSV: Error tokenizing data. C error: EOF inside string starting at row 2: the quote "
+     r"opened on line 3 is never closed. Fix the file \(or its extension\)"),
+    ("broken.csv", b'review,sentiment\nfine,pos\nbad,pos,extra\n',
+     r"could not be read as CSV: Error tokenizing data. C error: Expected 2 fields in line 3, saw 3. Fix the file"),
+    # pandas counts rows, not lines: a quoted field over two lines puts row 4 on line 5
+    ("broken.csv", b'review,sentiment\n"two\nlines",pos\nfine,neg\nbad,pos,extra\n',
+     r"C error: Expected 2 fields in line 4, saw 3 \(pandas counts rows there: row 4 starts on line 5 of the "
+     r"file\). Fix the file"),
     ("reviews.parquet", b"this is no parquet", r"could not be read as Parquet: .*Fix the file"),
-    ("reviews.jsonl", b'{"review": "no closing brace"\n', r"could not be read as JSON lines: .*Fix the file"),
+    ("reviews.jsonl", b'{"review": "no closing brace"\n', r"could not be read as JSON lines: line 1, column 30 "
+                                                          r"\(columns count characters from 1\): Expecting ',' "
+                                                          r"delimiter; the line reads: \{\"review\": \"no closing "
+                                                          r"brace\". Fix the file"),
 ])
 def test_a_data_file_that_does_not_parse_is_refused(tmp_path, name, content, expected):
     path = tmp_path / name
@@ -119,18 +130,23 @@ def test_a_file_with_another_separator_gets_a_hint(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_non_utf8_bytes_are_located_in_csv_and_jsonl(tmp_path, suffix):
+    """Line and column as an editor shows them, blank lines counted, the column in characters: 'ï' (two bytes in
+    UTF-8) before the bad byte is one column, so a column in bytes would be one more."""
     path = tmp_path / f"latin1{suffix}"
-    rows = [("fine film", "pos")] * 3 + [("caf\xe9 au lait", "neg")]
+    rows = [("fine film", "pos")] * 3 + [("naïve caf\xe9 au lait", "neg")]
     if suffix == ".csv":
-        text = "review,sentiment\n" + "".join(f"{t},{label}\n" for t, label in rows)
-        line = 5
+        lines = ["review,sentiment"] + [f"{t},{label}" for t, label in rows]
+        line, column = 5, 10  # 'naïve caf' is 9 characters (10 bytes)
     else:
-        text = "".join(json.dumps({"review": t, "sentiment": label}, ensure_ascii=False) + "\n" for t, label in rows)
-        line = 4
-    raw = text.encode("latin-1")
+        lines = [json.dumps({"review": t, "sentiment": label}, ensure_ascii=False) for t, label in rows]
+        lines.insert(2, "")  # a blank line counts as a line
+        line, column = 5, 22  # '{"review": "naïve caf' is 21 characters
+    raw = "".join(f"{text}\n" for text in lines).encode("utf-8").replace("é".encode("utf-8"), b"\xe9")
     path.write_bytes(raw)
-    with pytest.raises(UserError, match=rf"data.source '.*latin1{suffix}' is not valid UTF-8 \(line {line}, byte "
-                                        rf"{raw.index(0xe9)} is 0xe9\); re-save it as UTF-8, e.g. `iconv -f latin1"):
+    assert raw.count(b"\xe9") == 1
+    with pytest.raises(UserError, match=rf"data.source '.*latin1{suffix}' is not valid UTF-8: byte 0xe9 at line "
+                                        rf"{line}, column {column} \(columns count characters from 1\); re-save it "
+                                        r"as UTF-8, e.g. `iconv -f latin1"):
         data.read_table(path, "review", "sentiment")
 
 
@@ -138,8 +154,113 @@ def test_a_bad_byte_far_into_a_large_file_is_located(tmp_path):
     path = tmp_path / "big.csv"
     head = b"review,sentiment\n" + b"a fine and long enough film,pos\n" * 70_000  # beyond the first 1 MiB block
     path.write_bytes(head + b"caf\xe9,neg\n")
-    with pytest.raises(UserError, match=rf"line 70002, byte {len(head) + 3} is 0xe9"):
+    with pytest.raises(UserError, match=r"byte 0xe9 at line 70002, column 4 \(columns count characters from 1\)"):
         data.read_table(path, "review", "sentiment")
+    # a line that runs across the 1 MiB blocks: the column still counts from the start of that line
+    path.write_bytes(b"review,sentiment\n" + "é".encode("utf-8") * 700_000 + b"\xff,neg\n")
+    with pytest.raises(UserError, match=r"byte 0xff at line 2, column 700001 \("):
+        data.read_table(path, "review", "sentiment")
+
+
+def test_a_broken_json_line_is_located_by_line_and_column(tmp_path):
+    path = tmp_path / "reviews.jsonl"
+    good = json.dumps({"review": "a fine film", "sentiment": "pos"})
+    path.write_text(f"{good}\n\n{good}\n   \n" + '{"review": "a bad film" "sentiment": "neg"}\n' + f"{good}\n")
+    with pytest.raises(UserError) as caught:
+        data.read_table(path, "review", "sentiment")
+    message = str(caught.value)
+    assert message == (f"data.source {str(path)!r} could not be read as JSON lines: line 5, column 25 (columns count "
+                       "characters from 1): Expecting ',' delimiter; the line reads: {\"review\": \"a bad film\" "
+                       "\"sentiment\": \"neg\"}. Fix the file (or its extension), or point data.source at another file.")
+    assert "position" not in message  # pandas' character offset in the whole file is gone
+    # a long line is shown around the column only
+    long_line = '{"review": "' + "word " * 100 + '", "sentiment": neg}'
+    path.write_text(f"{good}\n{long_line}\n")
+    with pytest.raises(UserError, match=r"line 2, column 529 \(columns count characters from 1\): Expecting value; "
+                                        r"the line reads: …(word ){8}\", \"sentiment\": neg\}\. Fix the file"):  # 60 characters
+        data.read_table(path, "review", "sentiment")
+
+
+@pytest.mark.parametrize("line, kind", [("[1, 2]", "a JSON array"), ('"just a text"', "a JSON string")])
+def test_a_json_line_that_is_no_object_is_located(tmp_path, line, kind):
+    """pandas raised a TypeError (a traceback) for an array, a ValueError without a place for a string."""
+    path = tmp_path / "reviews.jsonl"
+    path.write_text(json.dumps({"review": "a fine film", "sentiment": "pos"}) + f"\n\n{line}\n")
+    with pytest.raises(UserError, match=rf"could not be read as JSON lines: line 3 is {kind} \({re.escape(line)}\), "
+                                        r"not a JSON object; each line must be one object such as \{\"review\": …, "
+                                        r"\"sentiment\": …\}"):
+        data.read_table(path, "review", "sentiment")
+
+
+def nested_file(path, texts, labels, index=None):
+    """Write texts and labels as `path` (.parquet or .jsonl); a JSON lines file gets a blank line first."""
+    frame = pd.DataFrame({"review": texts, "sentiment": labels}, index=index)
+    if path.suffix == ".parquet":
+        frame.to_parquet(path)  # a given index is stored too, and comes back when read
+    else:
+        path.write_text("\n" + "".join(json.dumps(row) + "\n" for row in frame.to_dict("records")))
+    return path
+
+
+@pytest.mark.parametrize("suffix, where", [(".parquet", "data row 3 \\(counted from 1\\)"),
+                                           (".jsonl", "data row 3 \\(counted from 1\\), on line 4 of the file")])
+def test_list_labels_are_refused_with_the_row(tmp_path, suffix, where):
+    """Before, ['neg'] became the class "['neg']". Rows count from 1 by position, whatever index the file stores."""
+    labels = [None, None, ["neg"], ["pos"], ["neg"]]  # missing labels first: the row number must still be 3
+    path = nested_file(tmp_path / f"multi{suffix}", [f"text {i}" for i in range(5)], labels, index=[7, 8, 9, 10, 11])
+    with pytest.raises(UserError, match=rf"data.source '.*multi{suffix}': column 'sentiment' \(params.yaml "
+                                        rf"'data.label_column'\) holds a list in {where}: \['neg'\]; 2 more row\(s\) "
+                                        r"do too. Each row needs a single label, a string or an integer \(such as "
+                                        r"'neg'\): store the label itself, not a list around it. Multi-label data "
+                                        r"\(several labels per row\) is not supported yet."):
+        data.read_table(path, "review", "sentiment")
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_dict_labels_are_refused(tmp_path, suffix):
+    labels = [{"name": "pos"}, {"name": "neg"}]  # a Parquet struct, a JSON object
+    path = nested_file(tmp_path / f"dicts{suffix}", ["a fine film", "a bad film"], labels)
+    with pytest.raises(UserError, match=r"column 'sentiment' \(params.yaml 'data.label_column'\) holds a dict in data "
+                                        r"row 1 \(counted from 1\).*: \{'name': 'pos'\}; 1 more row\(s\) do too. Each "
+                                        r"row needs a single label, a string or an integer \(such as 'pos'\): store "
+                                        r"the label itself, not a dict around it."):
+        data.read_table(path, "review", "sentiment")
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_list_or_dict_texts_are_refused(tmp_path, suffix):
+    texts = [["a fine", "film"], ["a bad", "film"]]
+    path = nested_file(tmp_path / f"texts{suffix}", texts, ["pos", "neg"])
+    with pytest.raises(UserError, match=r"column 'review' \(params.yaml 'data.text_column'\) holds a list in data row "
+                                        r"1 \(counted from 1\).*: \['a fine', 'film'\]; 1 more row\(s\) do too. Each row "
+                                        r"needs one text, a string. Join the pieces into one string per row"):
+        data.read_table(path, "review", "sentiment")
+    if suffix == ".jsonl":
+        path.write_text(json.dumps({"review": "a fine film", "sentiment": "pos"}) + "\n"
+                        + json.dumps({"review": {"title": "bad"}, "sentiment": "neg"}) + "\n")
+        with pytest.raises(UserError, match=r"column 'review' .* holds a dict in data row 2 \(counted from 1\), on "
+                                            r"line 2 of the file: \{'title': 'bad'\}\. Each row needs one text"):
+            data.read_table(path, "review", "sentiment")
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
+@pytest.mark.parametrize("labels, names", [
+    ([2, 0, 1, 10, 0, 1], ["0", "1", "2", "10"]),  # integers, in numeric order
+    ([2.0, 0.0, 1.0, 10.0, 0.0, 1.0], ["0", "1", "2", "10"]),  # whole floats are the same integers
+    ([1.5, 0.0, 1.0, 1.5, 0.0, 1.0], ["0", "1", "1.5"]),
+    ([True, False, True, False, True, False], ["False", "True"]),
+])
+def test_numbers_and_booleans_as_labels_keep_working(tmp_path, suffix, labels, names):
+    path = tmp_path / f"numbers{suffix}"
+    frame = pd.DataFrame({"review": [f"review number {i}" for i in range(6)], "sentiment": labels})
+    if suffix == ".parquet":
+        frame.to_parquet(path)
+    elif suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_csv(path, index=False)
+    cleaned, dropped = data.clean(data.read_table(path, "review", "sentiment"), 3, 100)
+    assert len(cleaned) == 6 and data.label_names(cleaned, str(path)) == names
 
 
 def test_nan_and_empty_texts_and_labels_are_dropped_and_counted(tmp_path):

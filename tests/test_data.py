@@ -76,8 +76,15 @@ def test_read_table_jsonl_and_parquet(tmp_path):
 def test_non_utf8_file_gets_a_clear_error(tmp_path):
     path = tmp_path / "latin1.csv"
     path.write_bytes("review,sentiment\ncaf\xe9 au lait,pos\n".encode("latin-1"))
-    with pytest.raises(UserError, match="not valid UTF-8.*re-save it as UTF-8"):
+    with pytest.raises(UserError, match=r"not valid UTF-8: byte 0xe9 at line 2, column 4 \(columns count characters "
+                                        r"from 1\); re-save it as UTF-8"):
         data.read_table(path, "review", "sentiment")
+
+
+def test_read_table_jsonl_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "r.jsonl"  # Windows Notepad saves UTF-8 with a byte-order mark; pandas refused it as JSON
+    path.write_bytes(b"\xef\xbb\xbf" + toy_texts(4).to_json(orient="records", lines=True).encode("utf-8"))
+    assert data.read_table(path, "review", "sentiment").columns.tolist() == ["text", "label"]
 
 
 def test_head_tail_truncation_keeps_both_ends(tiny_bert):

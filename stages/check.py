@@ -1,0 +1,28 @@
+"""Stage 0: check all of params.yaml and that the model and the strategy fit each other, before any stage runs.
+
+`dvc repro` deletes a stage's outputs before it runs the stage, so a params mistake found inside `peft` would
+already have cost the previous `models/peft`. This stage runs first (it reads every param), fails with the
+project's own message ("... Did you mean 'lora'?"), and writes nothing on failure: its one output is `persist`ed.
+
+On success it writes metrics/strategy.json: the chosen strategy and its params section. `peft` and `export`
+depend on that file instead of on `${strategy}` in dvc.yaml, which DVC would resolve itself, with its own error
+for a misspelt name, and only the chosen strategy's section re-runs them.
+"""
+from pathlib import Path
+
+from stages import strategies
+from stages.config import run_stage
+from stages.outputs import write_json
+
+CHOSEN = Path("metrics/strategy.json")
+
+
+def main(params):
+    strategies.preflight(params)  # the model loads (config and tokenizer) and the strategy fits it
+    strategy = params["strategy"]
+    write_json(CHOSEN, {"strategy": strategy, strategy: params[strategy]}, exact=True)  # any change re-runs peft
+    print(f"check: params.yaml ok; strategy {strategy} fits model.name {params['model']['name']!r}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
