@@ -20,7 +20,7 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("prepare", "baseline", "pretrain", "finetune", "peft", "evaluate", "export")
+STAGES = ("check", "prepare", "baseline", "pretrain", "finetune", "peft", "evaluate", "export")
 OUT = ROOT / "bench/default_run.md"
 
 

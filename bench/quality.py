@@ -23,7 +23,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench/data"
-STAGES = ("prepare", "baseline", "pretrain", "finetune", "peft", "evaluate")
+STAGES = ("check", "prepare", "baseline", "pretrain", "finetune", "peft", "evaluate")
 
 
 def parse_value(text):

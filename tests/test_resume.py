@@ -28,6 +28,8 @@ def toy_repo(tiny_bert, tmp_path_factory):
     for name in ("stages", "dvc.yaml", ".gitignore", ".dvcignore"):
         source = ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, folder / name)
+    if (ROOT / "data/raw").is_dir():  # the users' folder, which prepare depends on (as in test_pipeline's repo)
+        shutil.copytree(ROOT / "data/raw", folder / "data/raw")
     toy_texts(400).to_csv(folder / "reviews.csv", index=False)
     params = tiny_params(tiny_bert, "reviews.csv")
     params["checkpoints"]["every_steps"] = EVERY
@@ -41,10 +43,22 @@ def toy_repo(tiny_bert, tmp_path_factory):
     return folder
 
 
+# Runs argv[1:] as a shell runs a job started at a terminal: SIGINT and SIGTERM at their default action and not
+# blocked. A test runner started in the background of a script (`pytest ... &` ignores SIGINT) or by a tool that
+# ignores or blocks it hands that on to DVC and the stage through every fork and exec: the stage then never saw
+# the Ctrl-C, trained to the end and left models/finetuned (issue 11, only [ctrl-c] failing).
+AS_FROM_A_TERMINAL = ("import os, signal, sys\n"
+                      "for signum in (signal.SIGINT, signal.SIGTERM):\n"
+                      "    signal.signal(signum, signal.SIG_DFL)\n"
+                      "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})\n"
+                      "os.execvp(sys.argv[1], sys.argv[1:])")
+
+
 def start(args, folder):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(args, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    return subprocess.Popen([sys.executable, "-c", AS_FROM_A_TERMINAL, *args], cwd=folder, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # its own process group: the signal reaches DVC and the stage
 
 
@@ -67,7 +81,9 @@ def kill_after_checkpoint(folder, stage, step, signum, command=None):
         time.sleep(0.002)
     os.killpg(process.pid, signum)
     process.wait(timeout=60)
-    return process.stdout.read()
+    output = process.stdout.read()
+    assert process.returncode != 0, f"the run went on to the end after signal {signum}:\n{output[-3000:]}"
+    return output
 
 
 def curves_without_time(folder, stage):
@@ -147,7 +163,7 @@ def test_two_forced_runs_write_identical_metrics(toy_repo):
 
     run(["dvc", "repro", "--force"], toy_repo)
     first = results()
-    stages = {"data", "pretrain", "finetune", "peft", "baseline", "evaluate", "leaderboard", "export"}
+    stages = {"strategy", "data", "pretrain", "finetune", "peft", "baseline", "evaluate", "leaderboard", "export"}
     assert {name for name in first if name.endswith(".json")} == {f"{stage}.json" for stage in stages}
     assert len([name for name in first if name.endswith(".csv")]) == 10  # confusion/roc/pr x 3 models + per_class
     run(["dvc", "repro", "--force"], toy_repo)
