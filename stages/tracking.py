@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from stages.outputs import stable_float
+from stages.outputs import rounded
 
 # Per-run summaries and timings the Trainer logs once: not curves.
 NOT_CURVES = ("epoch", "total_flos", "train_loss", "train_runtime", "train_samples_per_second",
@@ -46,12 +46,6 @@ def curve_name(key):
     return f"eval/{key[len('eval_'):]}" if key.startswith("eval_") else f"train/{key}"
 
 
-def curve_value(value):
-    """A logged value as the curves keep it: floats (losses, grad norms, learning rates, eval metrics) through
-    outputs.stable_float, so that another CPU's float noise does not show; ints and bools as they are."""
-    return value if isinstance(value, (bool, int)) else stable_float(value)
-
-
 class LiveCurves(TrainerCallback):
     """Write the Trainer's logs as DVCLive step metrics; add it after callbacks that add to the logs."""
 
@@ -72,7 +66,8 @@ class LiveCurves(TrainerCallback):
         self.live.step = state.global_step
         for key, value in (logs or {}).items():
             if key not in NOT_CURVES and isinstance(value, (int, float)):
-                self.live.log_metric(curve_name(key), curve_value(value))
+                # at the metrics files' fixed precision, so that another CPU's float noise does not show
+                self.live.log_metric(curve_name(key), rounded(value))
 
     def on_train_end(self, args, state, control, **kwargs):
         # The evaluation after training scores the restored best checkpoint, not the last step: no point for it.
