@@ -1,9 +1,12 @@
 """Resuming a killed training stage from its last checkpoint.
 
 Each training stage keeps its Trainer checkpoints and its curves-in-progress in its own folder,
-checkpoints/<stage>, which dvc.yaml declares with `persist: true` so that `dvc repro` leaves it in place.
+checkpoints/<stage>, a git-ignored working folder that dvc.yaml does not declare: DVC never deletes or checks
+it out, so a killed run's checkpoints are still there for the next `dvc repro` or `dvc exp run`, and the
+stage's declared outputs stay eligible for DVC's run cache (which refuses any stage with a `persist` output),
+so switching a param away and back restores the earlier result instead of training it again.
 The folder remembers the run that wrote it (run.json: params, input files and code); the next run resumes
-only when it is the same run, and starts afresh otherwise. After success the folder is emptied (but for a README.md).
+only when it is the same run, and starts afresh otherwise. After success the folder is removed.
 """
 import hashlib
 import json
@@ -15,11 +18,6 @@ from transformers import TrainerCallback
 from stages.outputs import read_json, write_json
 
 RUN_FILE = "run.json"
-MARKER = "README.md"
-MARKER_TEXT = """While a training stage runs, its Trainer checkpoints land here; if the stage is killed, the next
-`dvc repro` or `dvc exp run` resumes from the newest complete one. Emptied when the stage succeeds, but for
-this file, which git tracks so that a fresh clone has the folder dvc.lock records.
-"""
 CODE_DIR = Path(__file__).parent
 NOT_RESULTS = ("checkpoints",)  # params that never change a result
 
@@ -79,8 +77,7 @@ def last_complete_checkpoint(folder):
 def _empty(folder):
     folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    (folder / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
+    folder.mkdir(parents=True)  # checkpoints/ itself too: nothing in git or DVC makes it
 
 
 def resume_point(folder):
@@ -92,8 +89,8 @@ def resume_point(folder):
 
 
 def finish(folder):
-    """Empty the folder once the stage's outputs are in place: the checkpoints are no longer needed."""
-    _empty(folder)
+    """Remove the folder once the stage's outputs are in place: the checkpoints are no longer needed."""
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 class SaveEvery(TrainerCallback):

@@ -14,6 +14,7 @@ STRATEGIES = ("lora", "ia3", "prefix", "prompt", "adapter", "adapter_stack", "fr
               "scratch")
 ADAPTER_KINDS = ("pfeiffer", "houlsby")
 EXPORT_SOURCES = ("best", "peft", "finetune", "baseline")
+INT8_KINDS = ("auto", "avx512_vnni", "avx2", "arm64")  # the int8 kernels to quantize for (stages/exporting.py)
 TRUNCATION = ("head", "tail", "head_tail")
 
 
@@ -132,6 +133,9 @@ SCHEMA = {
         "latency_runs": POSITIVE_INT,
         "latency_warmup": COUNT,
         "latency_max_length": _number(int, 8),
+        "int8": _choice(*INT8_KINDS),
+        "int8_per_channel": BOOL,
+        "fuse_graph": BOOL,
     },
 }
 

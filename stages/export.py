@@ -64,7 +64,10 @@ def export_transformer(source, out, params, test, names):
     model, torch_mb = export_source(source, out, tokenizer)
     tokenizer.save_pretrained(out)  # the folder is a model a user can ship: ONNX files, config, tokenizer
     fp32_path = out / exporting.FP32_FILE
-    int8_path = exporting.quantize_int8(out)
+    sample = tokenizer(test["text"].head(4).tolist(), padding=True, truncation=True,
+                       max_length=train_cfg["max_length"], return_tensors="np")
+    fused = cfg["fuse_graph"] and exporting.fuse_graph(out, model.config.model_type, sample)
+    int8_path, int8_kind = exporting.quantize_int8(out, cfg["int8"], cfg["int8_per_channel"])
     sessions = {"onnx_fp32": exporting.onnx_session(fp32_path), "onnx_int8": exporting.onnx_session(int8_path)}
     predictions = {name: exporting.onnx_predict(session, tokenizer, test["text"], train_cfg["max_length"],
                                                 train_cfg["eval_batch_size"], train_cfg["truncation"])
@@ -84,6 +87,7 @@ def export_transformer(source, out, params, test, names):
              "onnx_int8": exporting.size_mb(int8_path)}
     accuracy = {name: float(np.mean(p == labels)) for name, p in predictions.items()}
     figures = {"test_accuracy": accuracy, "int8_check": check, "warnings": warnings,
+               "onnx": {"fused_graph": fused, "int8_kernels": int8_kind, "int8_per_channel": cfg["int8_per_channel"]},
                "size_mb": {name: round(mb, 2) for name, mb in sizes.items()},
                "int8_size_ratio": sizes["onnx_int8"] / sizes["pytorch_fp32"]}
     timing = {"latency_ms": latency, "latency_seq_length": cfg["latency_max_length"],

@@ -46,26 +46,78 @@ def export_onnx_traced(model, tokenizer, out_dir):
     return out_dir / FP32_FILE
 
 
-def quantization_config():
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+FUSABLE = {name: "bert" for name in ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert",
+                                     "albert", "mpnet")}  # model types ORT's optimizer fuses with its BERT recipe
 
+
+def cpu_flags():
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    return set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+
+
+def int8_kind(kind="auto"):
+    """The int8 kernel family to quantize for: the CPU's own for `auto` (VNNI where it has it), else as given."""
+    if kind != "auto":
+        return kind
     if platform.machine().lower() in ("arm64", "aarch64"):
-        return AutoQuantizationConfig.arm64(is_static=False)
-    return AutoQuantizationConfig.avx2(is_static=False)
+        return "arm64"
+    return "avx512_vnni" if "avx512_vnni" in cpu_flags() else "avx2"
 
 
-def quantize_int8(onnx_dir):
-    """Dynamic int8 quantization of onnx_dir/model.onnx into onnx_dir/model_quantized.onnx."""
-    from optimum.onnxruntime import ORTQuantizer
+def fuse_graph(onnx_dir, model_type, sample):
+    """ORT's transformer fusions (attention, GELU, LayerNorm, ...) applied to onnx_dir/model.onnx in place, so that
+    both the fp32 model and the int8 one made from it run fused kernels. The fused graph must give the unfused one's
+    logits on `sample` (a tokenized batch); where it does not, or where ORT's optimizer has no recipe for the model
+    type, the file stays as it was and this returns False."""
+    from onnxruntime.transformers.optimizer import optimize_model
 
-    ORTQuantizer.from_pretrained(onnx_dir, file_name=FP32_FILE).quantize(quantization_config(), save_dir=onnx_dir)
-    return Path(onnx_dir) / INT8_FILE
+    if model_type not in FUSABLE:
+        return False
+    path = Path(onnx_dir) / FP32_FILE
+    original = path.read_bytes()
+    before = onnx_logits(onnx_session(path), sample)
+    fused = optimize_model(str(path), model_type=FUSABLE[model_type], num_heads=0, hidden_size=0,
+                           opt_level=0)  # the fusions alone: the session applies ORT's own optimizations on load
+    fused.save_model_to_file(str(path))
+    if not np.allclose(onnx_logits(onnx_session(path), sample), before, atol=1e-3):
+        path.write_bytes(original)
+        return False
+    return True
+
+
+def quantize_int8(onnx_dir, kind="auto", per_channel=True):
+    """Dynamic int8 quantization of onnx_dir/model.onnx into onnx_dir/model_quantized.onnx for `kind`'s kernels
+    (export.int8): signed weights where the CPU multiplies u8 by s8 without overflow (VNNI, ARM), unsigned on AVX2
+    without VNNI, as optimum's configs choose. Returns (path, kind)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    kind = int8_kind(kind)
+    path = Path(onnx_dir) / INT8_FILE
+    quantize_dynamic(Path(onnx_dir) / FP32_FILE, path, per_channel=per_channel,
+                     weight_type=QuantType.QUInt8 if kind == "avx2" else QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # types of the fused ops' outputs
+    return path, kind
+
+
+def session_options():
+    """Every graph optimisation ORT has, on as many threads as PyTorch uses, so the runtimes compare fairly; and
+    no spinning: on 2 cores an idle worker that spins takes the core from the one at work (README.md,
+    "Inference speed")."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 def onnx_session(path):
     import onnxruntime
 
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
 
 
 def onnx_logits(session, batch):

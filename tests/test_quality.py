@@ -305,15 +305,15 @@ def test_a_perturbed_int8_model_trips_the_export_guard(workdir, tmp_path, monkey
     monkeypatch.chdir(run)
     quantize = exporting.quantize_int8
 
-    def perturbed(onnx_dir):  # quantize, then scale the classifier's bias so that the int8 model leans to one class
-        path = quantize(onnx_dir)
+    def perturbed(onnx_dir, *args):  # quantize, then scale the classifier's bias so that the int8 model leans to one class
+        path, kind = quantize(onnx_dir, *args)
         model = onnx.load(path)
         bias = next(t for t in model.graph.initializer if "classifier" in t.name and "bias" in t.name)
         values = numpy_helper.to_array(bias).copy()
         values[0] += 50.0
         bias.CopyFrom(numpy_helper.from_array(values, bias.name))
         onnx.save(model, path)
-        return path
+        return path, kind
 
     monkeypatch.setattr(exporting, "quantize_int8", perturbed)
     export.main(params)

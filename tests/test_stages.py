@@ -44,8 +44,7 @@ def test_finetune_learns_the_toy_task(workdir):
     assert result["trainable_fraction"] == 1.0
     assert 0 < result["epochs_run"] <= 6 and metrics(folder, "timing/finetune")["train_seconds"] > 0
     assert (folder / "models/finetuned/model.safetensors").is_file()
-    assert [p.name for p in (folder / "checkpoints/finetune").iterdir()] == ["README.md"], \
-        "checkpoints are dropped after success"
+    assert not (folder / "checkpoints/finetune").exists(), "checkpoints are dropped after success"
 
 
 def test_peft_saves_adapter_and_merged_model(workdir):

@@ -1,0 +1,198 @@
+"""Inference side by side: PyTorch fp32 eager, ONNX fp32 and ONNX int8, on this CPU, in one run.
+
+    python -m bench.inference                      # the fine-tuned model of the last run (models/finetuned)
+    python -m bench.inference --model DIR --texts 400 --seconds 2
+
+Each runtime is timed with torch.utils.benchmark (median and interquartile range over blocked runs) at batch 1 and
+32, at 128 tokens and at the test reviews' real lengths (dynamic padding, up to train.max_length). The models
+compared: ONNX fp32 as optimum exports it and with ONNX Runtime's transformer fusions (attention, GELU, LayerNorm);
+int8 as the export stage made it before (optimum's AVX2 config on the unfused graph); and int8 for this CPU's
+kernels (export.int8: auto), per-channel or per-tensor weights, from the unfused and the fused graph. The
+int8 and fp32 GEMMs at the model's FFN shape are timed in the same run, so each speed-up reads against what this
+CPU's int8 units can give. Writes bench/results/inference.json and bench/inference.md.
+"""
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils import benchmark
+
+from stages import data, exporting, modeling
+from stages.outputs import write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS, TABLE = ROOT / "bench/results/inference.json", ROOT / "bench/inference.md"
+
+
+def cpu():
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.processor())
+    return {"name": name, "machine": platform.machine(), "threads": torch.get_num_threads(),
+            "avx2": "avx2" in flags, "avx512_vnni": "avx512_vnni" in flags, "amx_int8": "amx_int8" in flags}
+
+
+def timed(call, seconds):
+    """Median and interquartile range, in milliseconds, of blocked runs over at least `seconds`."""
+    call()  # warm-up: first-call allocations and ORT's kernel choice stay out of the figure
+    measurement = benchmark.Timer(stmt="call()", globals={"call": call}).blocked_autorange(min_run_time=seconds)
+    return {"median_ms": round(measurement.median * 1000, 2), "iqr_ms": round(measurement.iqr * 1000, 2),
+            "runs": len(measurement.times) * measurement.number_per_run}
+
+
+def gemm(seconds, m=4096, k=384, n=1536):
+    """fp32 GEMM in PyTorch against ORT's int8 MatMulInteger at the FFN's shape (batch 32 x 128 tokens)."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    fp32 = timed(lambda: a @ b, seconds)
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "gemm",
+                              [helper.make_tensor_value_info("A", TensorProto.UINT8, [m, k]),
+                               helper.make_tensor_value_info("B", TensorProto.INT8, [k, n])],
+                              [helper.make_tensor_value_info("Y", TensorProto.INT32, [m, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = onnxruntime.InferenceSession(model.SerializeToString(), exporting.session_options(),
+                                           providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {"A": rng.integers(0, 255, (m, k), dtype=np.uint8), "B": rng.integers(-127, 127, (k, n), dtype=np.int8)}
+    int8 = timed(lambda: session.run(None, feed), seconds)
+    flops = 2 * m * k * n
+    return {"shape": [m, k, n], "fp32_torch": fp32, "int8_ort": int8,
+            "fp32_gflops": round(flops / fp32["median_ms"] / 1e6, 1),
+            "int8_gops": round(flops / int8["median_ms"] / 1e6, 1),
+            "int8_gemm_speedup": round(fp32["median_ms"] / int8["median_ms"], 2)}
+
+
+def build(fp32_dir, out, model_type, sample, fuse, int8=None, per_channel=True):
+    """A copy of the fp32 export, fused or not, then quantized or not: returns the model file to time."""
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    shutil.copytree(fp32_dir, out)
+    if fuse:
+        assert exporting.fuse_graph(out, model_type, sample), f"no fusions kept for {model_type}"
+    if int8 == "previous":  # what the export stage did until now: optimum's AVX2 config, unfused graph
+        config = AutoQuantizationConfig.avx2(is_static=False)
+        ORTQuantizer.from_pretrained(out, file_name=exporting.FP32_FILE).quantize(config, save_dir=out)
+        return Path(out) / exporting.INT8_FILE
+    return exporting.quantize_int8(out, int8, per_channel)[0] if int8 else Path(out) / exporting.FP32_FILE
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="models/finetuned")
+    parser.add_argument("--texts", type=int, default=500, help="test texts for the accuracy check")
+    parser.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per figure")
+    parser.add_argument("--max-length", type=int, default=256, help="real-length batches: train.max_length")
+    export = yaml.safe_load((ROOT / "params.yaml").read_text())["export"]
+    parser.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=export["fuse_graph"],
+                        help="the int8 the summary keys describe: export.fuse_graph unless given")
+    parser.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=export["int8_per_channel"],
+                        help="the same, for export.int8_per_channel")
+    args = parser.parse_args()
+    machine = cpu()
+    scratch = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    tokenizer = modeling.load_tokenizer(args.model)
+    model = modeling.load_saved_classifier(Path(args.model)).eval()
+    fp32_path = exporting.export_onnx(args.model, scratch / "fp32")
+    kind, model_type = exporting.int8_kind("auto"), model.config.model_type
+    builds = {"onnx_fp32_fused": (True, None, True), "int8_previous": (False, "previous", True),
+              f"int8_{kind}": (False, kind, True), f"int8_{kind}_per_tensor": (False, kind, False),
+              f"int8_{kind}_fused": (True, kind, True), f"int8_{kind}_fused_per_tensor": (True, kind, False)}
+    test = data.load_prepared()[0]["test"].head(args.texts)
+    sample = tokenizer(test["text"].head(4).tolist(), padding=True, truncation=True, max_length=args.max_length,
+                       return_tensors="np")
+    paths = {"onnx_fp32": fp32_path, **{name: build(scratch / "fp32", scratch / name, model_type, sample, *how)
+                                         for name, how in builds.items()}}
+    sessions = {name: exporting.onnx_session(path) for name, path in paths.items()}
+
+    labels = test["label"].to_numpy()
+    encoded = data.encode(test["text"], tokenizer, args.max_length, "head_tail")
+    predictions = {name: exporting.onnx_predict(session, tokenizer, test["text"], args.max_length,
+                                                truncation="head_tail") for name, session in sessions.items()}
+    accuracy = {name: round(float(np.mean(p == labels)), 4) for name, p in predictions.items()}
+    agreement = {name: round(float(np.mean(p == predictions["onnx_fp32"])), 4) for name, p in predictions.items()}
+    lengths = sorted(range(len(encoded["input_ids"])), key=lambda i: len(encoded["input_ids"][i]))
+    median_text = lengths[len(lengths) // 2]
+    batches = {"b1_128": exporting.fixed_batch(tokenizer, test["text"].tolist(), 1, 128),
+               "b32_128": exporting.fixed_batch(tokenizer, test["text"].tolist(), 32, 128),
+               "b1_real": tokenizer.pad({k: v[median_text:median_text + 1] for k, v in encoded.items()},
+                                        return_tensors="np"),
+               "b32_real": tokenizer.pad({k: v[:32] for k, v in encoded.items()}, return_tensors="np")}
+    timings = {}
+    for shape, batch in batches.items():
+        as_torch = {k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in batch.items()}
+
+        def torch_call():
+            with torch.inference_mode():
+                model(**as_torch)
+        timings[shape] = {"tokens": list(np.asarray(batch["input_ids"]).shape),
+                          "pytorch_fp32": timed(torch_call, args.seconds),
+                          **{name: timed(lambda s=session: exporting.onnx_logits(s, batch), args.seconds)
+                             for name, session in sessions.items()}}
+    gemms = gemm(args.seconds)
+    size = {name: round(exporting.size_mb(path), 1) for name, path in paths.items()}
+    chosen = f"int8_{kind}{'_fused' if args.fuse else ''}{'' if args.per_channel else '_per_tensor'}"
+
+    fp32 = "onnx_fp32_fused" if args.fuse else "onnx_fp32"  # the fp32 model the export ships beside the int8 one
+
+    def speedup(shape, over, name=chosen):
+        return round(timings[shape][over]["median_ms"] / timings[shape][name]["median_ms"], 2)
+    result = {"cpu": machine, "cpu_vnni": machine["avx512_vnni"], "torch": torch.__version__, "model": args.model,
+              "test_texts": len(test), "exported_int8": chosen, "size_mb": size,
+              "int8_size_fraction": round(size[chosen] / size["onnx_fp32"], 3), "accuracy": accuracy,
+              "agreement_with_fp32": agreement,
+              "int8_accuracy_change": round(accuracy[chosen] - accuracy[fp32], 4), "onnx_fp32_shipped": fp32,
+              "int8_speedup_vs_torch_b32": speedup("b32_128", "pytorch_fp32"),
+              "int8_speedup_vs_torch_b1": speedup("b1_128", "pytorch_fp32"),
+              "int8_speedup_vs_onnx_fp32_b32": speedup("b32_128", fp32),
+              "int8_speedup_vs_onnx_fp32_b1": speedup("b1_128", fp32),
+              "int8_speedup_vs_previous_int8_b32": speedup("b32_128", "int8_previous"),
+              "int8_speedup_vs_torch_b32_real": speedup("b32_real", "pytorch_fp32"),
+              "int8_gemm_speedup": gemms["int8_gemm_speedup"], "gemm": gemms, "latency": timings,
+              "command": "python -m bench.inference"}
+    write_json(RESULTS, result, exact=True)
+    TABLE.write_text(markdown(result))
+    print(TABLE.read_text())
+    shutil.rmtree(scratch)
+
+
+def markdown(r):
+    c = r["cpu"]
+    names = ["pytorch_fp32", *r["size_mb"]]
+    lines = [f"`{r['command']}` on {c['name']} ({c['machine']}, {c['threads']} threads, AVX-512 VNNI: "
+             f"{'yes' if c['avx512_vnni'] else 'no'}), torch {r['torch']}, model `{r['model']}`. Median ms per "
+             "call (interquartile range); real = the test reviews tokenized up to 256 tokens, dynamic padding.", "",
+             "| runtime | size MB | accuracy | same label as fp32 | " + " | ".join(f"{s} ({'×'.join(map(str, t['tokens']))})"
+                                                        for s, t in r["latency"].items()) + " |",
+             "|---|---|---|---|" + "---|" * len(r["latency"])]
+    for name in names:
+        cells = [f"{t[name]['median_ms']} ({t[name]['iqr_ms']})" for t in r["latency"].values()]
+        lines.append(f"| {name}{' (exported)' if name == r['exported_int8'] else ''} | "
+                     f"{r['size_mb'].get(name, '')} | {r['accuracy'].get(name, '')} | "
+                     f"{r['agreement_with_fp32'].get(name, '')} | " + " | ".join(cells) + " |")
+    g = r["gemm"]
+    lines += ["", f"Exported int8 (`{r['exported_int8']}`): {r['int8_speedup_vs_torch_b32']}× PyTorch fp32 at batch "
+              f"32 × 128 ({r['int8_speedup_vs_torch_b32_real']}× at real lengths), {r['int8_speedup_vs_onnx_fp32_b32']}× "
+              f"ONNX fp32 (`{r['onnx_fp32_shipped']}`) at batch 32 and {r['int8_speedup_vs_onnx_fp32_b1']}× at batch 1, "
+              f"{r['int8_speedup_vs_previous_int8_b32']}× the previous export's int8 at batch 32; "
+              f"{r['int8_size_fraction']:.0%} of the fp32 size; accuracy change {r['int8_accuracy_change']:+.4f} on "
+              f"{r['test_texts']} test texts.",
+              f"GEMM {'×'.join(map(str, g['shape']))} in the same run: PyTorch fp32 {g['fp32_torch']['median_ms']} ms "
+              f"({g['fp32_gflops']} GFLOP/s), ORT int8 MatMulInteger {g['int8_ort']['median_ms']} ms "
+              f"({g['int8_gops']} GOP/s): int8 over fp32 {g['int8_gemm_speedup']}×, the most int8 can give on this CPU "
+              "where the model is all GEMM.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""The ONNX export's graph fusions and int8 kernels (stages/exporting.py), on the tiny BERT."""
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from stages import exporting, modeling
+from tests.conftest import metrics, toy_texts
+
+NAMES = ["negative", "positive"]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_bert, tmp_path_factory):
+    """The tiny BERT as a classifier, saved and exported to ONNX fp32 by optimum, with a tokenized sample batch."""
+    folder = tmp_path_factory.mktemp("exported")
+    model = modeling.load_classifier(str(tiny_bert), NAMES)
+    model.save_pretrained(folder / "saved")
+    tokenizer = modeling.load_tokenizer(str(tiny_bert))
+    tokenizer.save_pretrained(folder / "saved")
+    exporting.export_onnx(folder / "saved", folder / "onnx")
+    sample = tokenizer(toy_texts(6)["review"].tolist(), padding=True, return_tensors="np")
+    sample["attention_mask"][0, -2:] = 0  # padding inside the batch: the fused attention must honour the mask
+    return folder / "onnx", sample
+
+
+def op_types(path):
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_fused_graph_gives_the_same_logits_with_fused_ops(exported, tmp_path):
+    source, sample = exported
+    onnx_dir = shutil.copytree(source, tmp_path / "onnx")
+    before = exporting.onnx_logits(exporting.onnx_session(onnx_dir / exporting.FP32_FILE), sample)
+    assert exporting.fuse_graph(onnx_dir, "bert", sample)
+    fused = op_types(onnx_dir / exporting.FP32_FILE)
+    assert {"Attention", "SkipLayerNormalization"} <= fused, fused
+    after = exporting.onnx_logits(exporting.onnx_session(onnx_dir / exporting.FP32_FILE), sample)
+    np.testing.assert_allclose(after, before, atol=1e-4)
+
+
+def test_a_fusion_that_changes_the_logits_is_rolled_back(exported, tmp_path, monkeypatch):
+    from onnxruntime.transformers import optimizer
+
+    source, sample = exported
+    onnx_dir = shutil.copytree(source, tmp_path / "onnx")
+    original = (onnx_dir / exporting.FP32_FILE).read_bytes()
+    real = optimizer.optimize_model
+
+    def wrong(path, **kwargs):  # a fusion with a bug: the classifier's bias comes out changed
+        fused = real(path, **kwargs)
+        bias = next(t for t in fused.model.graph.initializer if "classifier" in t.name and "bias" in t.name)
+        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 1.0, bias.name))
+        return fused
+
+    monkeypatch.setattr(optimizer, "optimize_model", wrong)
+    assert not exporting.fuse_graph(onnx_dir, "bert", sample)
+    assert (onnx_dir / exporting.FP32_FILE).read_bytes() == original
+
+
+def test_a_model_type_ort_cannot_fuse_is_left_as_it_is(exported, tmp_path):
+    source, sample = exported
+    onnx_dir = shutil.copytree(source, tmp_path / "onnx")
+    original = (onnx_dir / exporting.FP32_FILE).read_bytes()
+    assert not exporting.fuse_graph(onnx_dir, "convbert", sample)
+    assert (onnx_dir / exporting.FP32_FILE).read_bytes() == original
+
+
+@pytest.mark.parametrize("kind, weight_type", [("avx2", onnx.TensorProto.UINT8), ("avx512_vnni", onnx.TensorProto.INT8),
+                                               ("arm64", onnx.TensorProto.INT8)])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_int8_weights_fit_the_kernels_and_keep_the_predictions(exported, tmp_path, kind, weight_type, per_channel):
+    """AVX2 without VNNI multiplies u8 by u8 (u8 by s8 can overflow there), VNNI and ARM u8 by s8; per-channel
+    weights carry one scale per output channel. The int8 model predicts what the fp32 one does on the toy batch."""
+    source, sample = exported
+    onnx_dir = shutil.copytree(source, tmp_path / "onnx")
+    path, chosen = exporting.quantize_int8(onnx_dir, kind, per_channel)
+    assert chosen == kind and path == onnx_dir / exporting.INT8_FILE
+    graph = onnx.load(str(path)).graph
+    matmul_inputs = {name for node in graph.node if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")
+                     for name in node.input}
+    weights = [t for t in graph.initializer if t.name in matmul_inputs and t.name.endswith("_quantized")]
+    assert weights and {t.data_type for t in weights} == {weight_type}  # the embeddings' Gather keeps uint8
+    scales = [numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith("_scale") and
+              t.name.replace("_scale", "_quantized") in {w.name for w in weights}]
+    assert scales and any(s.size > 1 for s in scales) == per_channel  # embeddings (Gather) keep one scale
+    fp32 = exporting.onnx_logits(exporting.onnx_session(onnx_dir / exporting.FP32_FILE), sample)
+    int8 = exporting.onnx_logits(exporting.onnx_session(path), sample)
+    assert (fp32.argmax(1) == int8.argmax(1)).all()
+    assert np.abs(int8 - fp32).max() < 0.05 * np.abs(fp32).max() + 1e-3
+
+
+def test_auto_picks_this_cpus_kernels(monkeypatch):
+    monkeypatch.setattr(exporting.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(exporting, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
+    assert exporting.int8_kind("auto") == "avx512_vnni"
+    monkeypatch.setattr(exporting, "cpu_flags", lambda: {"avx2"})
+    assert exporting.int8_kind("auto") == "avx2"
+    assert exporting.int8_kind("avx512_vnni") == "avx512_vnni"  # as params say, whatever this CPU has
+    monkeypatch.setattr(exporting.platform, "machine", lambda: "aarch64")
+    assert exporting.int8_kind("auto") == "arm64"
+
+
+def test_the_export_stage_records_its_onnx_settings(workdir):
+    folder, params = workdir
+    onnx_settings = metrics(folder, "export")["onnx"]
+    assert onnx_settings == {"fused_graph": params["export"]["fuse_graph"], "int8_kernels": exporting.int8_kind("auto"),
+                             "int8_per_channel": params["export"]["int8_per_channel"]}
+    assert ("Attention" in op_types(folder / "models/exported" / exporting.FP32_FILE)) == params["export"]["fuse_graph"]
