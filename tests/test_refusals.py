@@ -65,14 +65,16 @@ def test_a_strategy_refused_in_peft_leaves_its_checkpoint_folder_as_it_was(workd
     source, params = workdir
     for name in ("data/prepared", "models/pretrained"):
         shutil.copytree(source / name, tmp_path / name)
-    (tmp_path / "checkpoints/peft").mkdir(parents=True)
-    (tmp_path / "checkpoints/peft/README.md").write_text("kept by git\n")
+    killed = tmp_path / "checkpoints/peft/checkpoint-3"  # what a killed run left, for the next run to resume
+    killed.mkdir(parents=True)
+    (killed / "trainer_state.json").write_text('{"global_step": 3}')
+    (killed.parent / "run.json").write_text('{"params": "the killed run\'s"}')
     monkeypatch.chdir(tmp_path)
     before = snapshot(tmp_path)
     params = {**params, "strategy": "lora", "lora": {**params["lora"], "target_modules": ["q_proj"]}}
     with pytest.raises(UserError, match=r"lora.target_modules names \['q_proj'\]"):
         peft.main(params)
-    assert snapshot(tmp_path) == before  # no run.json: the next run is not mistaken for a resume
+    assert snapshot(tmp_path) == before  # the killed run's checkpoints kept, and no run.json of the refused run
 
 
 def test_a_pool_too_small_for_pretraining_is_refused_in_prepare(tiny_bert, tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from tests.conftest import ROOT, build_tiny_bert, tiny_params, toy_texts
-from tests.test_pipeline import hashes, run, stages_run
+from tests.test_pipeline import copy_project, hashes, run, stages_run
 
 pytestmark = pytest.mark.integration
 KEPT = ("models", "checkpoints", "metrics", "data/prepared")
@@ -32,11 +32,7 @@ TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "spec
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("robust")
-    for name in ("stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, folder / name)
-    shutil.copytree(ROOT / "data/raw", folder / "data/raw")
+    folder = copy_project(tmp_path_factory.mktemp("robust"))
     toy_texts(120).to_csv(folder / "data/raw/reviews.csv", index=False)
     models = tmp_path_factory.mktemp("models")  # outside the repo, as a user's own model folders would be
     params = tiny_params(build_tiny_bert(models / "bert"), "data/raw/reviews.csv")
