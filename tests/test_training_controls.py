@@ -1,0 +1,154 @@
+"""The training controls of train_classifier, as finetune and peft run them: early stopping with the best epoch
+restored, weight decay that spares biases and norms, gradient clipping. A tiny random BERT on toy texts."""
+import pandas as pd
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from stages import strategies
+from stages.modeling import load_classifier, load_tokenizer
+from stages.training import train_classifier
+from tests.conftest import default_params, toy_texts
+
+NAMES = ["negative", "positive"]
+
+
+def toy_parts(train=160, validation=40):
+    toy = toy_texts(train + validation, seed=3)
+    frame = pd.DataFrame({"text": toy["review"], "label": (toy["sentiment"] == "positive").astype(int)})
+    return {"train": frame.head(train).reset_index(drop=True), "validation": frame.tail(validation).reset_index(drop=True)}
+
+
+def toy_params(**train):
+    params = default_params()
+    params["train"].update({"max_length": 32, "batch_size": 8, "logging_steps": 5, **train})
+    return params
+
+
+def classifier(tiny_bert):
+    torch.manual_seed(0)
+    return load_classifier(str(tiny_bert), NAMES)
+
+
+def train(tiny_bert, model, params, tmp_path, epochs=1, learning_rate=2e-3, callbacks=(), param_groups=None):
+    return train_classifier(model, load_tokenizer(str(tiny_bert)), toy_parts(), params, epochs, learning_rate,
+                            tmp_path / "checkpoints", param_groups, callbacks)[0]
+
+
+class Spy(TrainerCallback):
+    """Records the validation macro-F1 of each evaluation and the Trainer's logged grad norms."""
+
+    def __init__(self):
+        self.evaluations, self.grad_norms = [], []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.evaluations.append(metrics["eval_macro_f1"])
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if "grad_norm" in logs:
+            self.grad_norms.append(logs["grad_norm"])
+
+
+class OneClassAfterEpoch(TrainerCallback):
+    """At the end of `epoch`, before it is evaluated, tilt the classifier so it answers 'negative' for every text."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if round(state.epoch) == self.epoch:
+            with torch.no_grad():
+                model.classifier.bias.copy_(torch.tensor([50.0, -50.0]))
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch(tiny_bert, tmp_path):
+    model, spy = classifier(tiny_bert), Spy()
+    results = train(tiny_bert, model, toy_params(early_stopping_patience=1), tmp_path, epochs=8,
+                    callbacks=[spy, OneClassAfterEpoch(3)])
+    *learning, broken = spy.evaluations[:3]
+    best = max(learning)
+    assert best > 0.8 and broken < best  # two epochs learned the toy task; the third was made worse
+    assert results["epochs_run"] == 3 and len(spy.evaluations) == 3  # 3 epochs of 8
+    assert results["best_epoch_step"] == (learning.index(best) + 1) * 160 // 8  # that epoch's checkpoint
+    assert results["val_macro_f1"] == pytest.approx(best, abs=1e-6)
+    assert model.classifier.bias.abs().max() < 50  # the weights are the best epoch's, not the last
+
+
+def test_without_a_worse_epoch_training_runs_every_epoch(tiny_bert, tmp_path):
+    results = train(tiny_bert, classifier(tiny_bert), toy_params(early_stopping_patience=1), tmp_path, epochs=3,
+                    learning_rate=0.0)  # nothing changes, so no epoch is better than the first: stops at 2
+    assert results["epochs_run"] == 2
+    results = train(tiny_bert, classifier(tiny_bert), toy_params(early_stopping_patience=5), tmp_path / "more",
+                    epochs=3, learning_rate=0.0)
+    assert results["epochs_run"] == 3
+
+
+class DecayProbe(TrainerCallback):
+    """Before the first step: every parameter set to ones, then one optimizer step with zero gradients and a fresh
+    state, so AdamW's update is zero and only its decoupled weight decay moves a parameter; records each
+    parameter's factor, then puts every parameter and the optimizer back as they were."""
+
+    def __init__(self):
+        self.factors = {}
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        saved = [(group, group["lr"]) for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] = 0.1
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(1.0)
+                p.grad = torch.zeros_like(p)
+        optimizer.step()
+        for name, p in model.named_parameters():
+            self.factors[name] = float(p.detach().mean())
+            with torch.no_grad():
+                p.copy_(before[name])
+            p.grad = None
+        for group, lr in saved:
+            group["lr"] = lr
+        optimizer.state.clear()
+
+
+def trained_by_optimizer(model, plan_groups):
+    if plan_groups is None:
+        return {name for name, p in model.named_parameters() if p.requires_grad}
+    ids = {id(p) for group in plan_groups for p in group["params"]}
+    return {name for name, p in model.named_parameters() if id(p) in ids}
+
+
+@pytest.mark.parametrize("strategy", [None, "llrd"])  # the Trainer's own optimizer, and layer-wise groups
+def test_weight_decay_skips_biases_and_norms(tiny_bert, tmp_path, strategy):
+    params, probe = toy_params(weight_decay=0.5), DecayProbe()
+    model, groups = classifier(tiny_bert), None
+    if strategy:
+        plan = strategies.prepare(strategy, model, params)
+        model, groups = plan.model, plan.param_groups
+    train(tiny_bert, model, params, tmp_path, callbacks=[probe], param_groups=groups)
+    names = trained_by_optimizer(model, groups)
+    spared = {name for name in names if name.endswith("bias") or "LayerNorm" in name}
+    assert spared and names - spared
+    for name in names:
+        expected = 1.0 if name in spared else 1 - 0.1 * 0.5
+        assert probe.factors[name] == pytest.approx(expected, abs=1e-6), name
+
+
+class GradNormAtStep(TrainerCallback):
+    """The total gradient norm the optimizer is about to apply (after the Trainer's clipping)."""
+
+    def __init__(self):
+        self.norms = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+
+def test_gradient_clipping_bounds_the_norm(tiny_bert, tmp_path):
+    applied, spy = GradNormAtStep(), Spy()
+    train(tiny_bert, classifier(tiny_bert), toy_params(max_grad_norm=0.05, logging_steps=1), tmp_path,
+          callbacks=[applied, spy])
+    assert len(applied.norms) == 160 // 8 and len(spy.grad_norms) == len(applied.norms)
+    assert all(before > 0.05 for before in spy.grad_norms)  # every step needed clipping ...
+    assert applied.norms == pytest.approx([0.05] * len(applied.norms), rel=1e-3)  # ... and got exactly the bound
