@@ -76,7 +76,8 @@ def test_a_model_type_ort_cannot_fuse_is_left_as_it_is(exported, tmp_path):
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_int8_weights_fit_the_kernels_and_keep_the_predictions(exported, tmp_path, kind, weight_type, per_channel):
     """AVX2 without VNNI multiplies u8 by u8 (u8 by s8 can overflow there), VNNI and ARM u8 by s8; per-channel
-    weights carry one scale per output channel. The int8 logits stay close to fp32's, and so do clear labels."""
+    weights carry one scale per output channel. Clear labels stay fp32's, and so do the logits, closely, where this CPU
+    runs the kernels the weights were made for."""
     source, sample = exported
     onnx_dir = shutil.copytree(source, tmp_path / "onnx")
     path, chosen = exporting.quantize_int8(onnx_dir, kind, per_channel)
@@ -92,7 +93,10 @@ def test_int8_weights_fit_the_kernels_and_keep_the_predictions(exported, tmp_pat
     fp32 = exporting.onnx_logits(exporting.onnx_session(onnx_dir / exporting.FP32_FILE), sample)
     int8 = exporting.onnx_logits(exporting.onnx_session(path), sample)
     tolerance = 0.05  # the random head's logits are about 0.4 apart; int8 moved them by at most 0.02 in trials
-    assert np.abs(int8 - fp32).max() < tolerance
+    if kind in ("avx2", exporting.int8_kind("auto")):  # kernels this CPU runs as they were meant
+        assert np.abs(int8 - fp32).max() < tolerance
+    # else: signed weights on a CPU without VNNI go through AVX2's u8 x s8 multiply-add, whose 16-bit sums
+    # saturate (0.065 off on an AVX2-only EPYC): the reason export.int8: auto picks avx2 there
     clear = np.abs(fp32[:, 0] - fp32[:, 1]) > 2 * tolerance  # a near tie may flip, as it would in fp16
     assert clear.any() and (fp32.argmax(1) == int8.argmax(1))[clear].all()
 
