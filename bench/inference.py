@@ -9,7 +9,8 @@ compared: ONNX fp32 as optimum exports it and with ONNX Runtime's transformer fu
 int8 as the export stage made it before (optimum's AVX2 config on the unfused graph); and int8 for this CPU's
 kernels (export.int8: auto), per-channel or per-tensor weights, from the unfused and the fused graph. The
 int8 and fp32 GEMMs at the model's FFN shape are timed in the same run, so each speed-up reads against what this
-CPU's int8 units can give. Writes bench/results/inference.json and bench/inference.md.
+CPU's int8 units can give. Writes bench/results/inference.json and bench/inference.md; the last run on a CPU
+with the other kind of int8 kernels (VNNI or not) stays in both, under other_cpus.
 """
 import argparse
 import json
@@ -147,7 +148,7 @@ def main():
 
     def speedup(shape, over, name=chosen):
         return round(timings[shape][over]["median_ms"] / timings[shape][name]["median_ms"], 2)
-    result = {"cpu": machine, "cpu_vnni": machine["avx512_vnni"], "torch": torch.__version__, "model": args.model,
+    result = {"cpu": machine, "cpu_vnni": machine["avx512_vnni"], "int8_kernels": kind, "torch": torch.__version__, "model": args.model,
               "test_texts": len(test), "exported_int8": chosen, "size_mb": size,
               "int8_size_fraction": round(size[chosen] / size["onnx_fp32"], 3), "accuracy": accuracy,
               "agreement_with_fp32": agreement,
@@ -159,11 +160,22 @@ def main():
               "int8_speedup_vs_previous_int8_b32": speedup("b32_128", "int8_previous"),
               "int8_speedup_vs_torch_b32_real": speedup("b32_real", "pytorch_fp32"),
               "int8_gemm_speedup": gemms["int8_gemm_speedup"], "gemm": gemms, "latency": timings,
-              "command": "python -m bench.inference"}
+              "command": f"python -m bench.inference --texts {args.texts}"}
+    result["other_cpus"] = earlier_runs_on_other_cpus(kind)
     write_json(RESULTS, result, exact=True)
-    TABLE.write_text(markdown(result))
-    print(TABLE.read_text())
+    TABLE.write_text("\n".join(markdown(run) for run in [result, *result["other_cpus"].values()]))
+    print(markdown(result))
     shutil.rmtree(scratch)
+
+
+def earlier_runs_on_other_cpus(kind):
+    """The last run on each other kind of int8 kernels (VNNI or not), kept beside this CPU's: one file, every CPU."""
+    if not RESULTS.exists():
+        return {}
+    earlier = json.loads(RESULTS.read_text())
+    earlier_kind = earlier.get("int8_kernels") or ("avx512_vnni" if earlier["cpu_vnni"] else "avx2")
+    runs = {**earlier.pop("other_cpus", {}), earlier_kind: earlier}
+    return {name: run for name, run in runs.items() if name != kind}
 
 
 def markdown(r):
