@@ -1,0 +1,207 @@
+"""Fine-tune throughput side by side, in one run: the pipeline's training against two set-ups users start from.
+
+    python -m bench.finetune                          # both shapes, ~10 min on 2 CPU cores
+    python -m bench.finetune --short-train 600 --full-train 200     # what bench/finetune.md ran
+
+- naive: a plain PyTorch loop as the seeds wrote it: every text padded to a fixed length and tokenized inside the
+  Dataset's __getitem__, AdamW, fp32.
+- trainer: a run_glue.py-style HF Trainer: the split tokenized up front with datasets.map, padded to the fixed
+  length, head truncation, run_glue's defaults (no warm-up, no weight decay, linear decay).
+- pipeline: stages.training.train_classifier exactly as the finetune stage calls it (params.yaml's train section:
+  dynamic padding, length-grouped batches, head+tail truncation, checkpoints, an evaluation per epoch).
+
+Same encoder (the bundled MiniLM, not the pretrained one, so no stage needs to have run), the same prepared train
+and validation rows (data/prepared: `dvc repro prepare`), epochs, batch size, learning rate and seed. Two shapes:
+`short` cuts each review to its first two sentences (like the seeds' e-commerce reviews, 128 tokens), `full`
+keeps whole reviews at 256 tokens. Seconds run from raw texts to a trained model and include each set-up's
+evaluation of the validation rows. Each run is a process of its own. Writes bench/results/finetune.json and
+bench/finetune.md.
+"""
+import argparse
+import json
+import re
+import tempfile
+import time
+
+import torch
+
+from bench.inference import cpu
+from bench.throughput import ROOT, FlopCounter, best_peak, matmul_peak, peak_rss_mb, ratio, run_apart, with_mfu
+from stages import data, modeling
+from stages.config import load_params
+from stages.metrics import trainer_metrics
+from stages.outputs import write_json
+
+RESULTS, TABLE = ROOT / "bench/results/finetune.json", ROOT / "bench/finetune.md"
+SHAPES = {"short": 128, "full": 256}
+METHODS = ("naive", "trainer", "pipeline")
+
+
+def first_sentences(text, count=2):
+    return " ".join(re.split(r"(?<=[.!?])\s+", text.strip())[:count])
+
+
+def rows(shape, train, val):
+    parts, names = data.load_prepared(ROOT / "data/prepared")
+    chosen = {"train": parts["train"].head(train).copy(), "validation": parts["validation"].head(val).copy()}
+    if shape == "short":
+        for frame in chosen.values():
+            frame["text"] = frame["text"].map(first_sentences)
+    return chosen, names
+
+
+def macro_f1(logits, labels):
+    return trainer_metrics(type("Prediction", (), {"predictions": logits, "label_ids": labels}))["macro_f1"]
+
+
+def run_naive(model, tokenizer, parts, length, args):
+    class Tokenizing(torch.utils.data.Dataset):
+        def __init__(self, frame):
+            self.texts, self.labels = frame["text"].tolist(), frame["label"].tolist()
+
+        def __len__(self):
+            return len(self.texts)
+
+        def __getitem__(self, i):
+            encoded = tokenizer(self.texts[i], padding="max_length", truncation=True, max_length=length,
+                                return_tensors="pt")
+            return {**{key: value[0] for key, value in encoded.items()}, "labels": torch.tensor(self.labels[i])}
+
+    loader = torch.utils.data.DataLoader(Tokenizing(parts["train"]), batch_size=args.batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(args.seed))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
+    model.train()
+    for _ in range(args.epochs):
+        for batch in loader:
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    model.eval()
+    logits = []
+    with torch.no_grad():
+        for batch in torch.utils.data.DataLoader(Tokenizing(parts["validation"]), batch_size=64):
+            batch.pop("labels")
+            logits.append(model(**batch).logits)
+    return macro_f1(torch.cat(logits).numpy(), parts["validation"]["label"].to_numpy())
+
+
+def run_trainer(model, tokenizer, parts, length, args):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    def tokenized(frame):
+        dataset = Dataset.from_dict({"text": frame["text"].tolist(), "label": frame["label"].tolist()})
+        return dataset.map(lambda batch: tokenizer(batch["text"], padding="max_length", max_length=length,
+                                                   truncation=True), batched=True, remove_columns=["text"])
+
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(model=model, args=TrainingArguments(
+            output_dir=out, per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64,
+            learning_rate=args.learning_rate, num_train_epochs=args.epochs, seed=args.seed, save_strategy="no",
+            report_to=[], disable_tqdm=True, use_cpu=True), train_dataset=tokenized(parts["train"]),
+            eval_dataset=tokenized(parts["validation"]), data_collator=default_data_collator,
+            compute_metrics=trainer_metrics)
+        trainer.train()
+        return trainer.evaluate()["eval_macro_f1"]
+
+
+def run_pipeline(model, tokenizer, parts, length, args):
+    from stages.training import train_classifier
+
+    params = load_params(ROOT / "params.yaml")
+    params["train"] = {**params["train"], "max_length": length, "batch_size": args.batch_size}
+    params["seed"] = args.seed
+    with tempfile.TemporaryDirectory() as out:
+        results, _ = train_classifier(model, tokenizer, parts, params, args.epochs, args.learning_rate, out)
+    return results["val_macro_f1"]
+
+
+def one(args):
+    """One set-up on one shape, in this process: prints its figures as JSON."""
+    torch.manual_seed(args.seed)
+    parts, names = rows(args.shape, args.train, args.val)
+    source = modeling.resolve_model("default")
+    tokenizer = modeling.load_tokenizer(source)
+    model = modeling.load_classifier(source, names)
+    counter = FlopCounter(model)
+    started = time.perf_counter()
+    f1 = globals()[f"run_{args.method}"](model, tokenizer, parts, SHAPES[args.shape], args)
+    seconds = time.perf_counter() - started
+    samples = args.train * args.epochs
+    print(json.dumps({"seconds": round(seconds, 1), "samples_per_second": round(samples / seconds, 2),
+                      **counter.report(seconds), "peak_rss_mb": peak_rss_mb(),
+                      "val_macro_f1": round(f1, 4)}))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shapes", default="short,full")
+    parser.add_argument("--short-train", type=int, default=1000, help="train rows of the short shape")
+    parser.add_argument("--full-train", type=int, default=500, help="train rows of the full shape")
+    parser.add_argument("--train", type=int, help=argparse.SUPPRESS)  # one run's rows
+    parser.add_argument("--val", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--shape", choices=SHAPES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        return one(args)
+    before = matmul_peak()
+    result = {"cpu": cpu(), "torch": torch.__version__, "epochs": args.epochs,
+              "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed, "shapes": {},
+              "command": f"python -m bench.finetune --short-train {args.short_train} --full-train {args.full_train}"}
+    for shape in args.shapes.split(","):
+        train = getattr(args, f"{shape}_train")
+        runs = {method: run_apart("bench.finetune", method=method, shape=shape, train=train, val=args.val,
+                                  epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                                  seed=args.seed) for method in METHODS}
+        speed = {m: runs[m]["samples_per_second"] for m in METHODS}
+        result["shapes"][shape] = {
+            "max_length": SHAPES[shape], "train_rows": train, "val_rows": args.val,
+            "mean_tokens": round(runs["pipeline"]["tokens"] / (train * args.epochs), 1), "runs": runs,
+            "speedup_vs_naive": ratio(speed["pipeline"], speed["naive"]),
+            "speedup_vs_trainer": ratio(speed["pipeline"], speed["trainer"])}
+    result["matmul_peak"] = peak = best_peak(before, matmul_peak())
+    for s in result["shapes"].values():
+        s["runs"] = {method: with_mfu(run, peak["gflops"]) for method, run in s["runs"].items()}
+        s["mfu"] = s["runs"]["pipeline"]["mfu"]
+    write_json(RESULTS, summarised(result), exact=True)
+    TABLE.write_text(markdown(result))
+    print(TABLE.read_text())
+
+
+def summarised(result):
+    """The plain keys: each the worst shape's (per shape under `shapes`)."""
+    shapes = result["shapes"].values()
+    return {**result, "speedup_vs_naive": min(s["speedup_vs_naive"] for s in shapes),
+            "speedup_vs_trainer": min(s["speedup_vs_trainer"] for s in shapes),
+            "mfu": min(s["mfu"] for s in shapes)}
+
+
+def markdown(r):
+    c, p = r["cpu"], r["matmul_peak"]
+    lines = [f"`{r['command']}` on {c['name']} ({c['machine']}, {c['threads']} threads, AVX-512 VNNI: "
+             f"{'yes' if c['avx512_vnni'] else 'no'}), torch {r['torch']}; {r['epochs']} epoch(s), batch "
+             f"{r['batch_size']}, lr {r['learning_rate']}, seed {r['seed']}. fp32 GEMM peak, the best measured before and "
+             f"after the runs ({' and '.join(map(str, p['measured']))}): {p['gflops']} GFLOP/s "
+             f"({', '.join(f'{k}: {v}' for k, v in p['by_shape'].items())}).", "",
+             "| shape | set-up | seconds | samples/s | text tokens/s | text tokens / computed | MFU | peak RSS MB | "
+             "val macro-F1 |", "|---|---|---|---|---|---|---|---|---|"]
+    for shape, s in r["shapes"].items():
+        for method, run in s["runs"].items():
+            lines.append(f"| {shape} ({s['train_rows']} rows, {s['max_length']} tokens, {s['mean_tokens']} per text) "
+                         f"| {method} | {run['seconds']} | {run['samples_per_second']} | {run['tokens_per_second']} | "
+                         f"{run['tokens'] / run['padded_tokens']:.0%} | {run['mfu']:.0%} | {run['peak_rss_mb']} | "
+                         f"{run['val_macro_f1']} |")
+    lines += [""] + [f"{shape}: pipeline {s['speedup_vs_naive']}× the naive loop, {s['speedup_vs_trainer']}× the "
+                     f"run_glue-style Trainer; MFU {s['mfu']:.0%} of the measured peak."
+                     for shape, s in r["shapes"].items()] + [""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

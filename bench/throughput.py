@@ -1,0 +1,99 @@
+"""Helpers the training benches share: this CPU's matmul peak, a FLOP count of what a model really computed,
+and each compared run in a process of its own (so peak memory, threads and caches are its own).
+
+Model FLOPs follow the PaLM paper's count (appendix B): a training step costs 6 x (non-embedding parameters) per
+token plus 12 x layers x hidden x sequence length per token for attention's two matmuls. `useful` counts the
+tokens that are text; `computed` counts the padding too, which a fixed-length loop pays for and learns nothing from.
+MFU = useful FLOPs per second / the best fp32 GEMM rate measured in the same run (before and after the runs).
+"""
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils import benchmark
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def matmul_peak(seconds=1.0):
+    """The fp32 GEMM rate of this CPU with torch's threads, in GFLOP/s: the best of a square GEMM and the FFN's
+    shapes in the layouts a training step uses (forward, weight gradient). A shared or boosting CPU runs faster
+    at some moments than others (10-15% apart here): call it before and after the runs and keep the best."""
+    m, k, n = 2048, 384, 1536
+    cases = {"2048x2048x2048": ("a @ b", (2048, 2048), (2048, 2048)), "ffn": ("a @ b", (m, k), (k, n)),
+             "ffn_transposed": ("a @ b.t()", (m, k), (n, k)), "ffn_weight_grad": ("a.t() @ b", (m, n), (m, k))}
+    rates = {}
+    for name, (stmt, a_shape, b_shape) in cases.items():
+        a, b = torch.randn(a_shape), torch.randn(b_shape)
+        flops = 2 * 2048 ** 3 if name.startswith("2048x") else 2 * m * k * n
+        timer = benchmark.Timer(stmt=stmt, globals={"a": a, "b": b})
+        timer.timeit(3)
+        rates[name] = round(flops / timer.blocked_autorange(min_run_time=seconds).median / 1e9, 1)
+    return {"gflops": max(rates.values()), "by_shape": rates, "threads": torch.get_num_threads()}
+
+
+def best_peak(*peaks):
+    best = max(peaks, key=lambda peak: peak["gflops"])
+    return {**best, "measured": [peak["gflops"] for peak in peaks]}
+
+
+def with_mfu(run, peak_gflops):
+    return {**run, "mfu": round(run["useful_gflops"] / peak_gflops, 3)}
+
+
+def non_embedding_parameters(model):
+    embeddings = {id(p) for p in model.base_model.embeddings.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+
+
+class FlopCounter:
+    """Counts, from a forward pre-hook on its backbone, the tokens and model FLOPs of every training-mode forward of
+    `model` (the backbone, since the pipeline's masked-LM loss calls it without the model around it).
+
+    `extra_per_token` adds FLOPs per useful token that the PaLM count leaves out (a masked-LM head's projection)."""
+
+    def __init__(self, model, extra_per_token=0.0):
+        config = model.config
+        self.per_token = 6 * non_embedding_parameters(model) + extra_per_token
+        self.attention = 12 * config.num_hidden_layers * config.hidden_size
+        self.useful = self.computed = 0.0
+        self.tokens = self.padded_tokens = 0
+        model.base_model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module, args, kwargs):
+        if not module.training:
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        batch, length = ids.shape
+        real = int(mask.sum()) if mask is not None else ids.numel()
+        self.tokens += real
+        self.padded_tokens += batch * length
+        self.useful += real * (self.per_token + self.attention * length)
+        self.computed += batch * length * (self.per_token + self.attention * length)
+
+    def report(self, seconds):
+        return {"tokens": self.tokens, "padded_tokens": self.padded_tokens,
+                "tokens_per_second": round(self.tokens / seconds, 1),
+                "useful_gflops": round(self.useful / seconds / 1e9, 1),
+                "computed_gflops": round(self.computed / seconds / 1e9, 1)}
+
+
+def peak_rss_mb():
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run_apart(module, **options):
+    """Run `python -m module --one ...` in a fresh process and return the JSON its last line prints."""
+    command = [sys.executable, "-m", module, "--one"]
+    for key, value in options.items():
+        command += [f"--{key.replace('_', '-')}", str(value)]
+    done = subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True)  # stderr shows
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def ratio(a, b):
+    return round(a / b, 2)
