@@ -51,7 +51,9 @@ def rows(shape, train, val):
 
 
 def macro_f1(logits, labels):
-    return trainer_metrics(type("Prediction", (), {"predictions": logits, "label_ids": labels}))["macro_f1"]
+    from transformers import EvalPrediction
+
+    return trainer_metrics(EvalPrediction(predictions=logits, label_ids=labels))["macro_f1"]
 
 
 def run_naive(model, tokenizer, parts, length, args):

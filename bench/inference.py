@@ -173,8 +173,7 @@ def earlier_runs_on_other_cpus(kind):
     if not RESULTS.exists():
         return {}
     earlier = json.loads(RESULTS.read_text())
-    earlier_kind = earlier.get("int8_kernels") or ("avx512_vnni" if earlier["cpu_vnni"] else "avx2")
-    runs = {**earlier.pop("other_cpus", {}), earlier_kind: earlier}
+    runs = {**earlier.pop("other_cpus", {}), earlier["int8_kernels"]: earlier}
     return {name: run for name, run in runs.items() if name != kind}
 
 

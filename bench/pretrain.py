@@ -36,7 +36,8 @@ def one(args):
 
     from stages.masked_lm import train_masked_lm
 
-    cfg = {**load_params(ROOT / "params.yaml")["pretrain"], "max_steps": args.steps}
+    params = load_params(ROOT / "params.yaml")
+    cfg = params["pretrain"]
     texts = data.load_prepared(ROOT / "data/prepared")[0][data.POOL]["text"].tolist()
     torch.manual_seed(args.seed)
     source = modeling.resolve_model("default")
@@ -48,7 +49,7 @@ def one(args):
     with tempfile.TemporaryDirectory() as out:
         if args.method == "pipeline":
             train_masked_lm(model, tokenizer, texts, cfg, args.seed, out, args.steps, cfg["learning_rate"],
-                            save_every=load_params(ROOT / "params.yaml")["checkpoints"]["every_steps"])
+                            save_every=params["checkpoints"]["every_steps"])
         else:
             encoded = tokenizer(texts, truncation=True, max_length=cfg["max_length"])
             Trainer(model=model, args=TrainingArguments(
