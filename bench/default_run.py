@@ -31,8 +31,8 @@ def metrics(name, root=ROOT):
 def export_peft_apart():
     """Export the strategy's model in a scratch copy of the run; return its export metrics and timing."""
     scratch = Path(tempfile.mkdtemp(prefix="export-peft-"))
-    for name in ("stages", "data/prepared", "models/pretrained", "models/finetuned", "models/peft", "models/baseline",
-                 "metrics"):
+    for name in ("stages", "transfer", "data/prepared", "models/pretrained", "models/finetuned", "models/peft",
+                 "models/baseline", "metrics"):
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, scratch / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["export"]["source"] = "peft"

@@ -27,10 +27,11 @@ import torch
 
 from bench.inference import cpu
 from bench.throughput import ROOT, FlopCounter, best_peak, matmul_peak, peak_rss_mb, ratio, run_apart, with_mfu
-from stages import data, modeling
-from stages.config import load_params
-from stages.metrics import trainer_metrics
-from stages.outputs import write_json
+from transfer import modeling
+from transfer.config import load_params
+from transfer.data import dataset
+from transfer.outputs import write_json
+from transfer.tasks.classification import trainer_metrics
 
 RESULTS, TABLE = ROOT / "bench/results/finetune.json", ROOT / "bench/finetune.md"
 SHAPES = {"short": 128, "full": 256}
@@ -42,7 +43,7 @@ def first_sentences(text, count=2):
 
 
 def rows(shape, train, val):
-    parts, names = data.load_prepared(ROOT / "data/prepared")
+    parts, names = dataset.load_prepared(ROOT / "data/prepared")
     chosen = {"train": parts["train"].head(train).copy(), "validation": parts["validation"].head(val).copy()}
     if shape == "short":
         for frame in chosen.values():
@@ -108,7 +109,7 @@ def run_trainer(model, tokenizer, parts, length, args):
 
 
 def run_pipeline(model, tokenizer, parts, length, args):
-    from stages.training import train_classifier
+    from transfer.training.classifier import train_classifier
 
     params = load_params(ROOT / "params.yaml")
     params["train"] = {**params["train"], "max_length": length, "batch_size": args.batch_size}

@@ -24,8 +24,10 @@ import torch
 import yaml
 from torch.utils import benchmark
 
-from stages import data, exporting, modeling
-from stages.outputs import write_json
+from transfer import modeling
+from transfer.data import dataset
+from transfer.export import onnx_model
+from transfer.outputs import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS, TABLE = ROOT / "bench/results/inference.json", ROOT / "bench/inference.md"
@@ -61,7 +63,7 @@ def gemm(seconds, m=4096, k=384, n=1536):
                                helper.make_tensor_value_info("B", TensorProto.INT8, [k, n])],
                               [helper.make_tensor_value_info("Y", TensorProto.INT32, [m, n])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    session = onnxruntime.InferenceSession(model.SerializeToString(), exporting.session_options(),
+    session = onnxruntime.InferenceSession(model.SerializeToString(), onnx_model.session_options(),
                                            providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feed = {"A": rng.integers(0, 255, (m, k), dtype=np.uint8), "B": rng.integers(-127, 127, (k, n), dtype=np.int8)}
@@ -80,12 +82,12 @@ def build(fp32_dir, out, model_type, sample, fuse, int8=None, per_channel=True):
 
     shutil.copytree(fp32_dir, out)
     if fuse:
-        assert exporting.fuse_graph(out, model_type, sample), f"no fusions kept for {model_type}"
+        assert onnx_model.fuse_graph(out, model_type, sample), f"no fusions kept for {model_type}"
     if int8 == "previous":  # what the export stage did until now: optimum's AVX2 config, unfused graph
         config = AutoQuantizationConfig.avx2(is_static=False)
-        ORTQuantizer.from_pretrained(out, file_name=exporting.FP32_FILE).quantize(config, save_dir=out)
-        return Path(out) / exporting.INT8_FILE
-    return exporting.quantize_int8(out, int8, per_channel)[0] if int8 else Path(out) / exporting.FP32_FILE
+        ORTQuantizer.from_pretrained(out, file_name=onnx_model.FP32_FILE).quantize(config, save_dir=out)
+        return Path(out) / onnx_model.INT8_FILE
+    return onnx_model.quantize_int8(out, int8, per_channel)[0] if int8 else Path(out) / onnx_model.FP32_FILE
 
 
 def main():
@@ -104,28 +106,28 @@ def main():
     scratch = Path(tempfile.mkdtemp(prefix="bench-inference-"))
     tokenizer = modeling.load_tokenizer(args.model)
     model = modeling.load_saved_classifier(Path(args.model)).eval()
-    fp32_path = exporting.export_onnx(args.model, scratch / "fp32")
-    kind, model_type = exporting.int8_kind("auto"), model.config.model_type
+    fp32_path = onnx_model.export_onnx(args.model, scratch / "fp32")
+    kind, model_type = onnx_model.int8_kind("auto"), model.config.model_type
     builds = {"onnx_fp32_fused": (True, None, True), "int8_previous": (False, "previous", True),
               f"int8_{kind}": (False, kind, True), f"int8_{kind}_per_tensor": (False, kind, False),
               f"int8_{kind}_fused": (True, kind, True), f"int8_{kind}_fused_per_tensor": (True, kind, False)}
-    test = data.load_prepared()[0]["test"].head(args.texts)
+    test = dataset.load_prepared()[0]["test"].head(args.texts)
     sample = tokenizer(test["text"].head(4).tolist(), padding=True, truncation=True, max_length=args.max_length,
                        return_tensors="np")
     paths = {"onnx_fp32": fp32_path, **{name: build(scratch / "fp32", scratch / name, model_type, sample, *how)
                                          for name, how in builds.items()}}
-    sessions = {name: exporting.onnx_session(path) for name, path in paths.items()}
+    sessions = {name: onnx_model.onnx_session(path) for name, path in paths.items()}
 
     labels = test["label"].to_numpy()
-    encoded = data.encode(test["text"], tokenizer, args.max_length, "head_tail")
-    predictions = {name: exporting.onnx_predict(session, tokenizer, test["text"], args.max_length,
+    encoded = dataset.encode(test["text"], tokenizer, args.max_length, "head_tail")
+    predictions = {name: onnx_model.onnx_predict(session, tokenizer, test["text"], args.max_length,
                                                 truncation="head_tail") for name, session in sessions.items()}
     accuracy = {name: round(float(np.mean(p == labels)), 4) for name, p in predictions.items()}
     agreement = {name: round(float(np.mean(p == predictions["onnx_fp32"])), 4) for name, p in predictions.items()}
     lengths = sorted(range(len(encoded["input_ids"])), key=lambda i: len(encoded["input_ids"][i]))
     median_text = lengths[len(lengths) // 2]
-    batches = {"b1_128": exporting.fixed_batch(tokenizer, test["text"].tolist(), 1, 128),
-               "b32_128": exporting.fixed_batch(tokenizer, test["text"].tolist(), 32, 128),
+    batches = {"b1_128": onnx_model.fixed_batch(tokenizer, test["text"].tolist(), 1, 128),
+               "b32_128": onnx_model.fixed_batch(tokenizer, test["text"].tolist(), 32, 128),
                "b1_real": tokenizer.pad({k: v[median_text:median_text + 1] for k, v in encoded.items()},
                                         return_tensors="np"),
                "b32_real": tokenizer.pad({k: v[:32] for k, v in encoded.items()}, return_tensors="np")}
@@ -138,10 +140,10 @@ def main():
                 model(**as_torch)
         timings[shape] = {"tokens": list(np.asarray(batch["input_ids"]).shape),
                           "pytorch_fp32": timed(torch_call, args.seconds),
-                          **{name: timed(lambda s=session: exporting.onnx_logits(s, batch), args.seconds)
+                          **{name: timed(lambda s=session: onnx_model.onnx_logits(s, batch), args.seconds)
                              for name, session in sessions.items()}}
     gemms = gemm(args.seconds)
-    size = {name: round(exporting.size_mb(path), 1) for name, path in paths.items()}
+    size = {name: round(onnx_model.size_mb(path), 1) for name, path in paths.items()}
     chosen = f"int8_{kind}{'_fused' if args.fuse else ''}{'' if args.per_channel else '_per_tensor'}"
 
     fp32 = "onnx_fp32_fused" if args.fuse else "onnx_fp32"  # the fp32 model the export ships beside the int8 one

@@ -22,9 +22,10 @@ import torch
 
 from bench.inference import cpu
 from bench.throughput import ROOT, FlopCounter, best_peak, matmul_peak, peak_rss_mb, ratio, run_apart, with_mfu
-from stages import data, modeling
-from stages.config import load_params
-from stages.outputs import write_json
+from transfer import modeling
+from transfer.config import load_params
+from transfer.data import dataset
+from transfer.outputs import write_json
 
 RESULTS, TABLE = ROOT / "bench/results/pretrain.json", ROOT / "bench/pretrain.md"
 METHODS = ("trainer", "pipeline")
@@ -34,11 +35,11 @@ def one(args):
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    from stages.masked_lm import train_masked_lm
+    from transfer.training.masked_lm import train_masked_lm
 
     params = load_params(ROOT / "params.yaml")
     cfg = params["pretrain"]
-    texts = data.load_prepared(ROOT / "data/prepared")[0][data.POOL]["text"].tolist()
+    texts = dataset.load_prepared(ROOT / "data/prepared")[0][dataset.POOL]["text"].tolist()
     torch.manual_seed(args.seed)
     source = modeling.resolve_model("default")
     tokenizer = modeling.load_tokenizer(source)

@@ -46,7 +46,8 @@ def params_for(csv, overrides):
 def run_shape(csv, folder, overrides):
     if folder.exists():
         shutil.rmtree(folder)
-    shutil.copytree(ROOT / "stages", folder / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for code in ("stages", "transfer"):
+        shutil.copytree(ROOT / code, folder / code, ignore=shutil.ignore_patterns("__pycache__"))
     (folder / "params.yaml").write_text(yaml.safe_dump(params_for(csv, overrides), sort_keys=False))
     seconds = {}
     for stage in STAGES:

@@ -17,9 +17,10 @@ import time
 
 from bench.inference import cpu
 from bench.throughput import ROOT, run_apart
-from stages import data, modeling
-from stages.config import load_params
-from stages.outputs import write_json
+from transfer import modeling
+from transfer.config import load_params
+from transfer.data import dataset
+from transfer.outputs import write_json
 
 RESULTS, TABLE, PLOT = ROOT / "bench/results/scaling.json", ROOT / "bench/scaling.md", ROOT / "bench/scaling.png"
 VALIDATION = 100
@@ -28,9 +29,9 @@ VALIDATION = 100
 def one(args):
     import torch
 
-    from stages.training import train_classifier
+    from transfer.training.classifier import train_classifier
 
-    frame, _ = data.clean(data.fetch_imdb(ROOT / "data/downloads"), 1, 20000)
+    frame, _ = dataset.clean(dataset.fetch_imdb(ROOT / "data/downloads"), 1, 20000)
     frame = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
     names = sorted(frame["label"].unique())
     frame["label"] = frame["label"].map(names.index)

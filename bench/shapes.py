@@ -45,7 +45,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stages.data import sha256_of  # noqa: E402
+from transfer.data.dataset import sha256_of  # noqa: E402
 
 DATA = ROOT / "bench/data"
 RAW = DATA / "raw"

@@ -21,10 +21,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from stages import data, modeling, strategies  # noqa: E402
-from stages.config import STRATEGIES, load_params  # noqa: E402
-from stages.metrics import classification_report  # noqa: E402
-from stages.training import train_classifier  # noqa: E402
+from transfer import modeling, strategies  # noqa: E402
+from transfer.config import STRATEGIES, load_params  # noqa: E402
+from transfer.data import dataset  # noqa: E402
+from transfer.tasks.classification import classification_report  # noqa: E402
+from transfer.training.classifier import train_classifier  # noqa: E402
 
 PRETRAINED = ROOT / "models/pretrained"
 FULL = "full fine-tune"
@@ -38,9 +39,9 @@ def run_one(name, params, parts, names, tokenizer, train_rows):
     else:
         shutil.rmtree(ROOT / "checkpoints/bench-domain", ignore_errors=True)  # no resuming a previous bench run
         plan = strategies.prepare(name, base, params, work_dir=ROOT / "checkpoints/bench-domain", tokenizer=tokenizer,
-                                  domain_texts=parts[data.POOL]["text"].tolist())
+                                  domain_texts=parts[dataset.POOL]["text"].tolist())
         epochs, lr = params["peft"]["epochs"], params[name]["learning_rate"]
-    run_parts = {**parts, "train": data.take(parts["train"], train_rows, params["seed"])[0]}
+    run_parts = {**parts, "train": dataset.take(parts["train"], train_rows, params["seed"])[0]}
     work = ROOT / "checkpoints/bench"
     shutil.rmtree(work, ignore_errors=True)  # train_classifier would resume from a checkpoint left there
     summary, timing = train_classifier(plan.model, tokenizer, run_parts, params, epochs, lr, work,
@@ -115,7 +116,7 @@ def main():
     params = load_params(ROOT / "params.yaml")
     if args.epochs:
         params["finetune"]["epochs"] = params["peft"]["epochs"] = args.epochs
-    parts, names = data.load_prepared(ROOT / "data/prepared")
+    parts, names = dataset.load_prepared(ROOT / "data/prepared")
     tokenizer = modeling.load_tokenizer(PRETRAINED)
     rows = args.max_train or len(parts["train"])
     out = ROOT / "bench/results" / f"{args.name}.json"

@@ -4,10 +4,11 @@ Every transformer the run trains is compared with it (evaluate, the model card, 
 import time
 from pathlib import Path
 
-from stages import data, tfidf
-from stages.config import run_stage
-from stages.metrics import classification_report
-from stages.outputs import replaced_together, write_json
+from transfer.baselines import tfidf
+from transfer.config import run_stage
+from transfer.data import dataset
+from transfer.outputs import replaced_together, write_json
+from transfer.tasks.classification import classification_report
 
 PREPARED = Path("data/prepared")
 OUT_DIR = Path("models/baseline")
@@ -16,7 +17,7 @@ TIMING = Path("metrics/timing/baseline.json")
 
 
 def main(params):
-    parts, names = data.load_prepared(PREPARED)
+    parts, names = dataset.load_prepared(PREPARED)
     started = time.perf_counter()
     model = tfidf.fit(parts["train"]["text"], parts["train"]["label"], len(names), params["baseline"], params["seed"])
     fit_seconds = time.perf_counter() - started

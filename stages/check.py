@@ -10,9 +10,9 @@ for a misspelt name, and only the chosen strategy's section re-runs them.
 """
 from pathlib import Path
 
-from stages import strategies
-from stages.config import run_stage
-from stages.outputs import write_json
+from transfer import strategies
+from transfer.config import run_stage
+from transfer.outputs import write_json
 
 CHOSEN = Path("metrics/strategy.json")
 

@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages import data, leaderboard, modeling, quality, strategies, tfidf
-from stages.config import run_stage
-from stages.metrics import classification_report, score_curves
-from stages.outputs import read_json, replaced_together, write_csv, write_json
+from transfer import modeling, strategies
+from transfer.baselines import tfidf
+from transfer.config import run_stage
+from transfer.data import dataset
+from transfer.evaluation import leaderboard, quality
+from transfer.outputs import read_json, replaced_together, write_csv, write_json
+from transfer.tasks.classification import classification_report, score_curves
 
 PRETRAINED = Path("models/pretrained")
 PLOTS = Path("metrics/plots")
@@ -40,7 +43,7 @@ def test_probabilities(params, test):
 def board(params, parts, names, results):
     """The leaderboard: every trained model and the majority-class dummy, ranked by validation macro-F1."""
     val_f1 = {key: read_json(f"metrics/{key}.json")["val_macro_f1"] for key in ("finetune", "peft", "baseline")}
-    train, validation, test = (parts[name]["label"] for name in data.SPLITS)
+    train, validation, test = (parts[name]["label"] for name in dataset.SPLITS)
     results = {**results, "majority": leaderboard.majority(train, test, names)}
     val_f1["majority"] = leaderboard.majority(train, validation, names)["macro_f1"]
     peft_files = ([PEFT_DIR / "merged"] if read_json(PEFT_DIR / strategies.STRATEGY_FILE)["mergeable"]
@@ -54,7 +57,7 @@ def board(params, parts, names, results):
 
 
 def main(params):
-    parts, names = data.load_prepared()
+    parts, names = dataset.load_prepared()
     test = parts["test"]
     labels = test["label"].to_numpy()
     results, per_class, tables = {}, [], {}

@@ -7,11 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import data, exporting, leaderboard, modeling, quality, strategies, tfidf
-from stages.card import concerns, model_card
-from stages.config import run_stage
-from stages.metrics import classification_report
-from stages.outputs import read_json, replaced_together, write_json
+from transfer import modeling, strategies
+from transfer.baselines import tfidf
+from transfer.config import run_stage
+from transfer.data import dataset
+from transfer.evaluation import leaderboard, quality
+from transfer.export import onnx_model
+from transfer.export.card import concerns, model_card
+from transfer.outputs import read_json, replaced_together, write_json
+from transfer.tasks.classification import classification_report
 
 PRETRAINED = Path("models/pretrained")
 PEFT_DIR = Path("models/peft")
@@ -22,7 +26,7 @@ TIMING = Path("metrics/timing/export.json")
 
 
 def safetensors_mb(*folders):
-    return sum(exporting.size_mb(path) for folder in folders for path in Path(folder).rglob("*.safetensors"))
+    return sum(onnx_model.size_mb(path) for folder in folders for path in Path(folder).rglob("*.safetensors"))
 
 
 def export_source(source, out, tokenizer):
@@ -36,9 +40,9 @@ def export_source(source, out, tokenizer):
         folder = PEFT_DIR / "merged"
     else:
         model = strategies.load_adapted(PEFT_DIR, PRETRAINED)
-        exporting.export_onnx_traced(model, tokenizer, out)
+        onnx_model.export_onnx_traced(model, tokenizer, out)
         return model, safetensors_mb(PRETRAINED, PEFT_DIR / "trained")
-    exporting.export_onnx(folder, out)
+    onnx_model.export_onnx(folder, out)
     return modeling.load_saved_classifier(folder), safetensors_mb(folder)
 
 
@@ -63,13 +67,13 @@ def export_transformer(source, out, params, test, names):
     tokenizer = modeling.load_tokenizer(PRETRAINED)
     model, torch_mb = export_source(source, out, tokenizer)
     tokenizer.save_pretrained(out)  # the folder is a model a user can ship: ONNX files, config, tokenizer
-    fp32_path = out / exporting.FP32_FILE
+    fp32_path = out / onnx_model.FP32_FILE
     sample = tokenizer(test["text"].head(4).tolist(), padding=True, truncation=True,
                        max_length=train_cfg["max_length"], return_tensors="np")
-    fused = cfg["fuse_graph"] and exporting.fuse_graph(out, model.config.model_type, sample)
-    int8_path, int8_kind = exporting.quantize_int8(out, cfg["int8"], cfg["int8_per_channel"])
-    sessions = {"onnx_fp32": exporting.onnx_session(fp32_path), "onnx_int8": exporting.onnx_session(int8_path)}
-    predictions = {name: exporting.onnx_predict(session, tokenizer, test["text"], train_cfg["max_length"],
+    fused = cfg["fuse_graph"] and onnx_model.fuse_graph(out, model.config.model_type, sample)
+    int8_path, int8_kind = onnx_model.quantize_int8(out, cfg["int8"], cfg["int8_per_channel"])
+    sessions = {"onnx_fp32": onnx_model.onnx_session(fp32_path), "onnx_int8": onnx_model.onnx_session(int8_path)}
+    predictions = {name: onnx_model.onnx_predict(session, tokenizer, test["text"], train_cfg["max_length"],
                                                 train_cfg["eval_batch_size"], train_cfg["truncation"])
                    for name, session in sessions.items()}
     labels = test["label"].to_numpy()
@@ -77,14 +81,14 @@ def export_transformer(source, out, params, test, names):
                                  cfg["max_recall_drop"])
     latency = {}
     for batch_size in (1, 32):
-        batch = exporting.fixed_batch(tokenizer, test["text"].tolist(), batch_size, cfg["latency_max_length"])
+        batch = onnx_model.fixed_batch(tokenizer, test["text"].tolist(), batch_size, cfg["latency_max_length"])
         runs = max(1, cfg["latency_runs"] // (4 if batch_size > 1 else 1))
-        timings = exporting.latencies(model, sessions, batch, runs, cfg["latency_warmup"])
+        timings = onnx_model.latencies(model, sessions, batch, runs, cfg["latency_warmup"])
         latency[f"batch{batch_size}"] = {name: round(ms, 2) for name, ms in timings.items()}
-    write_json(out / exporting.INFERENCE_FILE, {"kind": "transformer", "max_length": train_cfg["max_length"],
+    write_json(out / onnx_model.INFERENCE_FILE, {"kind": "transformer", "max_length": train_cfg["max_length"],
                                                 "truncation": train_cfg["truncation"]})
-    sizes = {"pytorch_fp32": torch_mb, "onnx_fp32": exporting.size_mb(fp32_path),
-             "onnx_int8": exporting.size_mb(int8_path)}
+    sizes = {"pytorch_fp32": torch_mb, "onnx_fp32": onnx_model.size_mb(fp32_path),
+             "onnx_int8": onnx_model.size_mb(int8_path)}
     accuracy = {name: float(np.mean(p == labels)) for name, p in predictions.items()}
     figures = {"test_accuracy": accuracy, "int8_check": check, "warnings": warnings,
                "onnx": {"fused_graph": fused, "int8_kernels": int8_kind, "int8_per_channel": cfg["int8_per_channel"]},
@@ -100,7 +104,7 @@ def export_baseline(out, params, test, names):
     """The TF-IDF baseline ships as its plain files (no pickle, no ONNX: character n-grams do not convert)."""
     cfg = params["export"]
     shutil.copytree(BASELINE_DIR, out)
-    write_json(out / exporting.INFERENCE_FILE, {"kind": "tfidf", "labels": names})
+    write_json(out / onnx_model.INFERENCE_FILE, {"kind": "tfidf", "labels": names})
     model = tfidf.load(out)
     texts = test["text"].tolist()
     accuracy = float(np.mean(model.predict_proba(texts).argmax(axis=1) == test["label"].to_numpy()))
@@ -108,16 +112,16 @@ def export_baseline(out, params, test, names):
     for batch_size in (1, 32):
         batch = [texts[i % len(texts)] for i in range(batch_size)]
         runs = max(1, cfg["latency_runs"] // (4 if batch_size > 1 else 1))
-        ms = exporting.mean_latency_ms(lambda: model.predict_proba(batch), runs, cfg["latency_warmup"])
+        ms = onnx_model.mean_latency_ms(lambda: model.predict_proba(batch), runs, cfg["latency_warmup"])
         latency[f"batch{batch_size}"] = {"baseline": round(ms, 2)}
-    size = sum(exporting.size_mb(path) for path in out.iterdir())
+    size = sum(onnx_model.size_mb(path) for path in out.iterdir())
     return {"test_accuracy": {"baseline": accuracy}, "warnings": [], "size_mb": {"baseline": round(size, 2)}}, \
         {"latency_ms": latency}
 
 
 def main(params):
     cfg = params["export"]
-    parts, names = data.load_prepared()
+    parts, names = dataset.load_prepared()
     board = read_json("metrics/leaderboard.json")
     exported = board["best"] if cfg["source"] == "best" else cfg["source"]
     data_metrics, evaluate_metrics = read_json("metrics/data.json"), read_json("metrics/evaluate.json")

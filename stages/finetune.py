@@ -3,10 +3,13 @@ from pathlib import Path
 
 import torch
 
-from stages import checkpointing, data, modeling, quality
-from stages.config import run_stage
-from stages.outputs import replaced_together, write_json
-from stages.training import train_classifier
+from transfer import modeling
+from transfer.config import run_stage
+from transfer.data import dataset
+from transfer.evaluation import quality
+from transfer.outputs import replaced_together, write_json
+from transfer.training import checkpointing
+from transfer.training.classifier import train_classifier
 
 PREPARED = Path("data/prepared")
 PRETRAINED = Path("models/pretrained")
@@ -18,7 +21,7 @@ CHECKPOINTS = Path("checkpoints/finetune")
 
 
 def main(params):
-    parts, names = data.load_prepared(PREPARED)
+    parts, names = dataset.load_prepared(PREPARED)
     checkpointing.claim(CHECKPOINTS, checkpointing.run_identity(params, [PREPARED, PRETRAINED]),
                         params["checkpoints"]["resume"])
     torch.manual_seed(params["seed"])

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import torch
 
-from stages import checkpointing, data, modeling, quality, strategies
-from stages.config import run_stage
-from stages.outputs import replaced_together, write_json
-from stages.training import train_classifier
+from transfer import modeling, strategies
+from transfer.config import run_stage
+from transfer.data import dataset
+from transfer.evaluation import quality
+from transfer.outputs import replaced_together, write_json
+from transfer.training import checkpointing
+from transfer.training.classifier import train_classifier
 
 PREPARED = Path("data/prepared")
 PRETRAINED = Path("models/pretrained")
@@ -25,7 +28,7 @@ CHECKPOINTS = Path("checkpoints/peft")
 
 def main(params):
     strategy = params["strategy"]
-    parts, names = data.load_prepared(PREPARED)
+    parts, names = dataset.load_prepared(PREPARED)
     torch.manual_seed(params["seed"])
     tokenizer = modeling.load_tokenizer(PRETRAINED)
     model = modeling.load_classifier(PRETRAINED, names, params["model"]["trust_remote_code"])
@@ -33,7 +36,7 @@ def main(params):
     checkpointing.claim(CHECKPOINTS, checkpointing.run_identity(params, [PREPARED, PRETRAINED]),
                         params["checkpoints"]["resume"])
     plan = strategies.prepare(strategy, model, params, work_dir=CHECKPOINTS / "domain", tokenizer=tokenizer,
-                              domain_texts=parts[data.POOL]["text"].tolist())
+                              domain_texts=parts[dataset.POOL]["text"].tolist())
     results, timing = train_classifier(plan.model, tokenizer, parts, params, params["peft"]["epochs"],
                                        params[strategy]["learning_rate"], CHECKPOINTS, plan.param_groups,
                                        plan.callbacks, curves_dir=CHECKPOINTS / "curves")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.config import UserError
-from stages.data import clean_text, encode
-from stages.exporting import FP32_FILE, INT8_FILE, INFERENCE_FILE
+from transfer.config import UserError
+from transfer.data.dataset import clean_text, encode
+from transfer.export.onnx_model import FP32_FILE, INFERENCE_FILE, INT8_FILE
 
 DEFAULT_MODEL = Path("models/exported")
 
@@ -44,7 +44,7 @@ class BaselineClassifier:
     """An exported TF-IDF baseline (export.source picked it, or `best` did): plain files, no tokenizer."""
 
     def __init__(self, folder, settings):
-        from stages import tfidf
+        from transfer.baselines import tfidf
 
         self.labels = settings["labels"]
         self.model = tfidf.load(folder)
@@ -80,14 +80,14 @@ class Classifier:
         self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         onnx_file = folder / (INT8_FILE if precision == "int8" else FP32_FILE)
         if onnx_file.is_file():
-            from stages.exporting import onnx_logits, onnx_session
+            from transfer.export.onnx_model import onnx_logits, onnx_session
 
             session = onnx_session(onnx_file)
             self.logits = lambda batch: onnx_logits(session, batch)
         elif (folder / "model.safetensors").is_file():
             import torch
 
-            from stages.modeling import load_saved_classifier
+            from transfer.modeling import load_saved_classifier
 
             model = load_saved_classifier(folder).eval()
 

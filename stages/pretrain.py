@@ -4,11 +4,13 @@ from pathlib import Path
 
 import torch
 
-from stages import checkpointing, data, modeling, strategies
-from stages.config import run_stage
-from stages.masked_lm import fixed_masked_batches, masked_lm_loss, train_masked_lm
-from stages.outputs import replaced_together, write_json
-from stages.tracking import live_files
+from transfer import modeling, strategies
+from transfer.config import run_stage
+from transfer.data import dataset
+from transfer.outputs import replaced_together, write_json
+from transfer.training import checkpointing
+from transfer.training.masked_lm import fixed_masked_batches, masked_lm_loss, train_masked_lm
+from transfer.training.tracking import live_files
 
 PREPARED = Path("data/prepared")
 OUT_DIR = Path("models/pretrained")
@@ -32,12 +34,12 @@ def main(params):
             live_files(curves).end()  # no curve, but the declared folder exists
         checkpointing.finish(CHECKPOINTS)
         return
-    parts, _ = data.load_prepared(PREPARED)
-    texts = parts[data.POOL]["text"].tolist()
+    parts, _ = dataset.load_prepared(PREPARED)
+    texts = parts[dataset.POOL]["text"].tolist()
     held_out, texts = texts[:cfg["eval_texts"]], texts[cfg["eval_texts"]:]
     if cfg["include_task_texts"]:
         texts += parts["train"]["text"].tolist()
-    data.check_pretrain_pool(parts, cfg)  # prepare checked it already; data/prepared may come from elsewhere
+    dataset.check_pretrain_pool(parts, cfg)  # prepare checked it already; data/prepared may come from elsewhere
     checkpointing.claim(CHECKPOINTS, checkpointing.run_identity(params, [PREPARED, source]),
                         params["checkpoints"]["resume"])
     torch.manual_seed(seed)

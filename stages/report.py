@@ -2,8 +2,8 @@
 TF-IDF baseline, its worst classes, the leaderboard, and every warning of the data, training and evaluation stages."""
 from pathlib import Path
 
-from stages import leaderboard, quality
-from stages.outputs import read_json
+from transfer.evaluation import leaderboard, quality
+from transfer.outputs import read_json
 
 METRICS = Path("metrics")
 

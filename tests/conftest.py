@@ -76,7 +76,7 @@ def tiny_params(model_dir, data_file):
 def workdir(tiny_bert, tmp_path_factory):
     """Every stage's main() run once, in pipeline order, on the tiny BERT and 400 toy texts."""
     from stages import baseline, evaluate, export, finetune, peft, prepare, pretrain
-    from stages.config import validate
+    from transfer.config import validate
 
     folder = tmp_path_factory.mktemp("pipeline")
     toy_texts(400).to_csv(folder / "reviews.csv", index=False)

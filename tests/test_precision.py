@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from stages.outputs import read_json, stable_float, write_csv, write_json
+from transfer.outputs import read_json, stable_float, write_csv, write_json
 
 
 def test_the_rule_4_significant_digits_below_1_and_5_from_1_up():
@@ -51,7 +51,7 @@ def test_write_json_exact_keeps_every_digit_for_params_compared_on_the_next_run(
 
 
 def test_a_checkpoint_folder_records_its_run_exactly(tmp_path):
-    from stages import checkpointing
+    from transfer.training import checkpointing
 
     identity = {"params": {"train": {"learning_rate": 1.23456789e-4}}, "inputs": {}, "code": "x"}
     checkpointing.claim(tmp_path / "ck", identity)
@@ -68,7 +68,7 @@ def test_write_csv_rounds_float_columns_and_leaves_the_others(tmp_path):
 
 
 def test_roc_and_precision_recall_tables_are_rounded_and_stay_ordered(tmp_path):
-    from stages.metrics import score_curves
+    from transfer.tasks.classification import score_curves
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 4999)  # 4999 positives: k / 4999 has many digits
@@ -105,7 +105,7 @@ class FakeLive:
 
 
 def test_the_curves_callback_logs_rounded_floats_and_ints_as_they_are():
-    from stages.tracking import LiveCurves
+    from transfer.training.tracking import LiveCurves
 
     callback = LiveCurves("unused")
     callback.live = FakeLive()
@@ -120,7 +120,7 @@ def test_the_curves_callback_logs_rounded_floats_and_ints_as_they_are():
 
 
 def test_the_curve_files_dvclive_writes_hold_the_rounded_values(tmp_path):
-    from stages.tracking import LiveCurves
+    from transfer.training.tracking import LiveCurves
 
     callback = LiveCurves(tmp_path / "curves")
     state = SimpleNamespace(is_world_process_zero=True, global_step=0)

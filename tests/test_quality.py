@@ -6,10 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
-from stages import coverage, data, quality, tfidf
-from stages.config import UserError, validate
-from stages.metrics import classification_report
-from stages.training import ResumableTrainer, class_weights
+from transfer.baselines import tfidf
+from transfer.config import UserError, validate
+from transfer.data import coverage, dataset
+from transfer.evaluation import quality
+from transfer.tasks.classification import classification_report
+from transfer.training.classifier import ResumableTrainer, class_weights
 from tests.conftest import default_params, metrics, toy_texts
 
 
@@ -24,7 +26,7 @@ def test_cleaning_removes_real_tags_only_and_counts_them():
                                  "A <br /><br />fine <a href=\"x\">film</a><!-- note -->!",
                                  "if a < b and c > d, or x<5 and y>2"],
                         "label": ["a", "b", "a"]})
-    cleaned, dropped = data.clean(raw, min_chars=1, max_chars=1000)
+    cleaned, dropped = dataset.clean(raw, min_chars=1, max_chars=1000)
     assert cleaned["text"].tolist() == ["Write to <jane.doe@example.com> or see <https://example.org/x> <3",
                                         "A fine film !", "if a < b and c > d, or x<5 and y>2"]
     assert dropped["html_tags_removed"] == 5 and dropped["texts_with_html_removed"] == 1
@@ -32,7 +34,7 @@ def test_cleaning_removes_real_tags_only_and_counts_them():
 
 def test_default_min_chars_keeps_a_short_chinese_review():
     raw = pd.DataFrame({"text": ["很好", "质量太差了", ""], "label": ["pos", "neg", "neg"]})
-    cleaned, dropped = data.clean(raw, default_params()["data"]["min_chars"], 1000)
+    cleaned, dropped = dataset.clean(raw, default_params()["data"]["min_chars"], 1000)
     assert cleaned["text"].tolist() == ["很好", "质量太差了"] and dropped["empty_or_too_short"] == 1
 
 
@@ -47,14 +49,14 @@ def imbalanced(counts, seed=0):
 def test_capped_train_keeps_rare_classes_up_to_the_floor():
     frame = imbalanced({"big": 5000, "mid": 800, "rare": 90, "tiny": 20})
     cfg = {**default_params()["data"], "max_train": 500, "min_train_per_class": 50}
-    parts = data.split(frame, cfg, seed=3)
+    parts = dataset.split(frame, cfg, seed=3)
     counts = parts["train"]["label"].value_counts()
     assert len(parts["train"]) == 500
     assert counts["rare"] >= 50 - 1 or counts["rare"] == (parts["train"]["label"] == "rare").sum()
     assert counts["rare"] >= 40 and counts["tiny"] >= 8, counts.to_dict()
-    plain = data.take(parts["train"].assign(label="x"), 10, 0)[0]
+    plain = dataset.take(parts["train"].assign(label="x"), 10, 0)[0]
     assert len(plain) == 10
-    warnings = data.split_warnings(parts, ["big", "mid", "rare", "tiny"], 50)
+    warnings = dataset.split_warnings(parts, ["big", "mid", "rare", "tiny"], 50)
     thin = next(w for w in warnings if w["kind"] == "few_training_rows")
     assert "tiny" in thin["classes"] and "big" not in thin["classes"]
 
@@ -65,9 +67,9 @@ def test_a_class_with_one_or_two_rows_always_trains_and_is_named_untested():
                       ignore_index=True)
     cfg = {**default_params()["data"], "max_train": None, "max_val": None, "max_test": None, "max_pool": None}
     for seed in range(20):
-        parts = data.split(frame, cfg, seed)
+        parts = dataset.split(frame, cfg, seed)
         assert {"pair", "single"} <= set(parts["train"]["label"]), f"seed {seed} lost a rare class from train"
-        untested = [w for w in data.split_warnings(parts, sorted(set(frame["label"])), 1)
+        untested = [w for w in dataset.split_warnings(parts, sorted(set(frame["label"])), 1)
                     if w["kind"] == "classes_not_tested"]
         assert untested and "single" in untested[0]["classes"]
 
@@ -76,7 +78,7 @@ def test_max_train_below_the_class_count_is_refused():
     frame = imbalanced({str(i): 20 for i in range(5)})
     cfg = {**default_params()["data"], "max_train": 3}
     with pytest.raises(UserError, match="data.max_train is 3 but the data has 5 classes"):
-        data.split(frame, cfg, 0)
+        dataset.split(frame, cfg, 0)
 
 
 # class weights ----------------------------------------------------------------------------------------------------
@@ -172,7 +174,7 @@ def test_guard_names_single_class_never_predicted_and_below_baseline():
 
 def collapse_transformers(monkeypatch):
     """Make every transformer the pipeline trains answer one class: a one-sided head and a learning rate of ~0."""
-    from stages import modeling
+    from transfer import modeling
 
     load = modeling.load_classifier
 
@@ -247,7 +249,7 @@ def test_evaluate_holds_the_baseline_beside_both_models(workdir):
 # the leaderboard and `export.source: best` ------------------------------------------------------------------------
 
 def test_leaderboard_ranks_by_validation_macro_f1_and_never_picks_the_dummy():
-    from stages import leaderboard
+    from transfer.evaluation import leaderboard
 
     report = report_of([0, 1, 2] * 4, [0, 1, 2] * 4)
     rows = {"finetune": leaderboard.row("full fine-tune", 0.80, report, 86.0),
@@ -297,13 +299,14 @@ def test_a_perturbed_int8_model_trips_the_export_guard(workdir, tmp_path, monkey
     import onnx
     from onnx import numpy_helper
 
-    from stages import export, exporting
+    from stages import export
+    from transfer.export import onnx_model
 
     folder, params = workdir
     run = tmp_path / "run"
     shutil.copytree(folder, run, ignore=shutil.ignore_patterns("exported"))
     monkeypatch.chdir(run)
-    quantize = exporting.quantize_int8
+    quantize = onnx_model.quantize_int8
 
     def perturbed(onnx_dir, *args):  # quantize, then scale the classifier's bias so that the int8 model leans to one class
         path, kind = quantize(onnx_dir, *args)
@@ -315,7 +318,7 @@ def test_a_perturbed_int8_model_trips_the_export_guard(workdir, tmp_path, monkey
         onnx.save(model, path)
         return path, kind
 
-    monkeypatch.setattr(exporting, "quantize_int8", perturbed)
+    monkeypatch.setattr(onnx_model, "quantize_int8", perturbed)
     export.main(params)
     result = metrics(run, "export")
     assert result["int8_check"]["agreement"] < 0.9

@@ -11,8 +11,9 @@ import time
 import pytest
 import yaml
 
-from stages import check, modeling, peft, prepare
-from stages.config import UserError, validate
+from stages import check, peft, prepare
+from transfer import modeling
+from transfer.config import UserError, validate
 from tests.conftest import ROOT, tiny_params, toy_texts
 from tests.test_bad_input import snapshot
 

@@ -25,7 +25,7 @@ EVERY = 3  # checkpoint steps: most checkpoints fall mid-epoch
 def toy_repo(tiny_bert, tmp_path_factory):
     """A fresh git + DVC repo of this project on the tiny BERT and 400 toy texts, prepared and pretrained."""
     folder = tmp_path_factory.mktemp("resume")
-    for name in ("stages", "dvc.yaml", ".gitignore", ".dvcignore"):
+    for name in ("stages", "transfer", "dvc.yaml", ".gitignore", ".dvcignore"):
         source = ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, folder / name)
     if (ROOT / "data/raw").is_dir():  # the users' folder, which prepare depends on (as in test_pipeline's repo)
@@ -211,7 +211,7 @@ def test_an_interrupted_stage_resumes_to_the_same_result(workdir, tmp_path, monk
 
 
 def test_curves_are_cut_back_to_the_checkpoint_and_a_torn_last_row_dropped(tmp_path):
-    from stages.tracking import drop_points_after
+    from transfer.training.tracking import drop_points_after
 
     loss = tmp_path / "plots/metrics/train/loss.tsv"
     loss.parent.mkdir(parents=True)

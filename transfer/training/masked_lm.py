@@ -4,8 +4,8 @@ import time
 import torch
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback
 
-from stages.checkpointing import resume_point
-from stages.tracking import LiveCurves, show_progress
+from transfer.training.checkpointing import resume_point
+from transfer.training.tracking import LiveCurves, show_progress
 
 
 def _vocabulary_head(model):

@@ -1,7 +1,7 @@
 """The model card (README.md) of the exported model, written from the run's own params and metrics files."""
 import yaml
 
-from stages.leaderboard import margin
+from transfer.evaluation.leaderboard import margin
 
 BUNDLED = "sentence-transformers/all-MiniLM-L6-v2"
 TRANSFORMER_HINT = ("more labelled data (`data.max_train`), more epochs (`finetune.epochs`, `peft.epochs`), longer "

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from stages.config import UserError
+from transfer.config import UserError
 
 
 def partial_path(path):

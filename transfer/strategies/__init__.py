@@ -7,12 +7,13 @@ where the strategy sets its own learning rates, and Trainer callbacks. `save_ada
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stages import injected, modeling
-from stages.config import UserError
-from stages.modeling import load_saved_classifier, save
-from stages.layerwise import (GradualUnfreezing, encoder_layers, freeze_all_but, head_parameters,
+from transfer import modeling
+from transfer.config import UserError
+from transfer.modeling import load_saved_classifier, save
+from transfer.strategies import _injection
+from transfer.strategies._layerwise import (GradualUnfreezing, encoder_layers, freeze_all_but, head_parameters,
                               layerwise_groups)
-from stages.outputs import read_json, write_json
+from transfer.outputs import read_json, write_json
 
 # the ones whose trained weights cannot fold into the plain architecture: evaluation and export rebuild them
 NOT_MERGEABLE = ("prefix", "prompt", "adapter", "adapter_stack")
@@ -65,8 +66,8 @@ def _adapter_stack(model, params, work_dir=None, tokenizer=None, domain_texts=No
     if not domain_texts:
         raise UserError("adapter_stack trains its domain adapter on the unlabeled pool, which is empty: "
                         "raise data.pool_fraction, or use strategy adapter.")
-    seconds = injected.train_domain_adapter(model.config._name_or_path, tokenizer, domain_texts, params, work_dir)
-    return Plan(injected.adapter_stack(model, params, Path(work_dir) / injected.DOMAIN),
+    seconds = _injection.train_domain_adapter(model.config._name_or_path, tokenizer, domain_texts, params, work_dir)
+    return Plan(_injection.adapter_stack(model, params, Path(work_dir) / _injection.DOMAIN),
                 metrics={"domain_adapter_seconds": round(seconds, 1)})
 
 
@@ -75,8 +76,8 @@ def _injected(build):
 
 
 STRATEGIES = {
-    "lora": _injected(injected.lora), "ia3": _injected(injected.ia3), "prefix": _injected(injected.prefix),
-    "prompt": _injected(injected.prompt), "adapter": _injected(injected.adapter), "adapter_stack": _adapter_stack,
+    "lora": _injected(_injection.lora), "ia3": _injected(_injection.ia3), "prefix": _injected(_injection.prefix),
+    "prompt": _injected(_injection.prompt), "adapter": _injected(_injection.adapter), "adapter_stack": _adapter_stack,
     "frozen": _frozen, "partial": _partial, "gradual": _gradual, "llrd": _llrd, "scratch": _scratch,
 }
 
@@ -110,15 +111,15 @@ def check_fits(strategy, params, config):
         raise UserError(f"partial.top_layers is {params['partial']['top_layers']} but the model has only {layers} "
                         f"encoder layers; choose 1 to {layers}.")
     if strategy in ("lora", "ia3"):
-        injected.target_modules(_skeleton(config, params), params[strategy]["target_modules"],
-                                injected.auto_targets(strategy), strategy)
+        _injection.target_modules(_skeleton(config, params), params[strategy]["target_modules"],
+                                _injection.auto_targets(strategy), strategy)
     if strategy in ("adapter", "adapter_stack"):
-        injected.check_adapters_support(strategy, config.model_type)
+        _injection.check_adapters_support(strategy, config.model_type)
     if strategy == "adapter_stack" and type(config) not in MODEL_FOR_MASKED_LM_MAPPING:
         raise UserError(f"adapter_stack trains its domain adapter with masked-LM, which model type "
                         f"{config.model_type!r} has no head for; use strategy adapter.")
     if strategy in ("prefix", "prompt"):
-        injected.check_prompt_learning(strategy, params, config)
+        _injection.check_prompt_learning(strategy, params, config)
 
 
 def preflight(params):
@@ -203,9 +204,9 @@ def save_adapted(model, strategy, tokenizer, out_dir):
     trained, adapters = out_dir / "trained", None
     if isinstance(model, PeftModel):
         model.save_pretrained(trained, safe_serialization=True)
-    elif injected.uses_adapters_library(model):
+    elif _injection.uses_adapters_library(model):
         trained.mkdir(parents=True)
-        adapters = injected.save_adapters(model, trained)
+        adapters = _injection.save_adapters(model, trained)
     else:
         trained.mkdir(parents=True)
         save_file({name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad},
@@ -239,5 +240,5 @@ def load_adapted(peft_dir, base_dir):
     base = AutoModelForSequenceClassification.from_pretrained(base_dir, config=config, use_safetensors=True,
                                                               trust_remote_code=False)
     if saved["adapters"]:
-        return injected.load_adapters(base, trained, saved["adapters"]).eval()
+        return _injection.load_adapters(base, trained, saved["adapters"]).eval()
     return PeftModel.from_pretrained(base, trained).eval()

@@ -1,6 +1,6 @@
 """params.yaml: load it, and refuse it with one clear message before any heavy work starts.
 
-Run `python -m stages.config` to check a params file without running anything.
+Run `python -m transfer.config` to check a params file without running anything.
 """
 import difflib
 import re
@@ -14,7 +14,7 @@ STRATEGIES = ("lora", "ia3", "prefix", "prompt", "adapter", "adapter_stack", "fr
               "scratch")
 ADAPTER_KINDS = ("pfeiffer", "houlsby")
 EXPORT_SOURCES = ("best", "peft", "finetune", "baseline")
-INT8_KINDS = ("auto", "avx512_vnni", "avx2", "arm64")  # the int8 kernels to quantize for (stages/exporting.py)
+INT8_KINDS = ("auto", "avx512_vnni", "avx2", "arm64")  # the int8 kernels to quantize for (transfer/export/onnx_model.py)
 TRUNCATION = ("head", "tail", "head_tail")
 
 
@@ -253,7 +253,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def run_stage(main):
     """Entry point for a stage: a UserError ends with its message, not a traceback."""
-    from stages.tracking import quiet_progress_if_needed
+    from transfer.training.tracking import quiet_progress_if_needed
 
     quiet_progress_if_needed()
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from stages.outputs import rounded
+from transfer.outputs import rounded
 
 # Per-run summaries and timings the Trainer logs once: not curves.
 NOT_CURVES = ("epoch", "total_flos", "train_loss", "train_runtime", "train_samples_per_second",

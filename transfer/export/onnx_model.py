@@ -130,7 +130,7 @@ def onnx_logits(session, batch):
 
 def onnx_predict(session, tokenizer, texts, max_length, batch_size=32, truncation="head"):
     """Predicted class ids for `texts`, in their order."""
-    from stages.data import encode
+    from transfer.data.dataset import encode
 
     encoded = encode(texts, tokenizer, max_length, truncation)
     predictions = []

@@ -7,11 +7,11 @@ import torch
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-from stages.checkpointing import SaveEvery, resume_point
-from stages.data import to_dataset
-from stages.metrics import classification_report, trainer_metrics
-from stages.modeling import count_parameters
-from stages.tracking import LiveCurves, show_progress
+from transfer.data.dataset import to_dataset
+from transfer.modeling import count_parameters
+from transfer.tasks.classification import classification_report, trainer_metrics
+from transfer.training.checkpointing import SaveEvery, resume_point
+from transfer.training.tracking import LiveCurves, show_progress
 
 UNEVEN = 1.5  # largest / smallest class above this: the classes count as uneven
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.metrics import classification_report
+from transfer.tasks.classification import classification_report
 
 CANDIDATES = ("finetune", "peft", "baseline")  # what export may ship; 'majority' is only a yardstick
 

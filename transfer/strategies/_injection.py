@@ -4,8 +4,8 @@ from pathlib import Path
 
 import torch
 
-from stages.config import UserError
-from stages.layerwise import head_parameters
+from transfer.config import UserError
+from transfer.strategies._layerwise import head_parameters
 
 # architectures peft's own tables leave out
 EXTRA_LORA_TARGETS = {"distilbert": ["q_lin", "v_lin"]}
@@ -145,7 +145,7 @@ def train_domain_adapter(base_dir, tokenizer, texts, params, out_dir):
     import adapters
     from transformers import AutoModelForMaskedLM
 
-    from stages.masked_lm import train_masked_lm
+    from transfer.training.masked_lm import train_masked_lm
 
     cfg = params["adapter_stack"]
     model = AutoModelForMaskedLM.from_pretrained(base_dir, use_safetensors=True)

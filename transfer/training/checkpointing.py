@@ -15,10 +15,11 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from stages.outputs import read_json, write_json
+from transfer.outputs import read_json, write_json
 
 RUN_FILE = "run.json"
-CODE_DIR = Path(__file__).parent
+ROOT = Path(__file__).parents[2]
+CODE_FILES = ("stages/*.py", "transfer/**/*.py")  # the entry points and the library they call
 NOT_RESULTS = ("checkpoints",)  # params that never change a result
 
 
@@ -35,11 +36,12 @@ def _digest(path):
 
 
 def run_identity(params, inputs):
-    """What a run's result depends on: its params, the files it reads (those that exist) and the stages' code."""
+    """What a run's result depends on: its params, the files it reads (those that exist) and the code."""
     return json.loads(json.dumps({
         "params": {key: value for key, value in params.items() if key not in NOT_RESULTS},
         "inputs": {str(path): _digest(path) for path in map(Path, inputs) if path.exists()},
-        "code": hashlib.sha256(b"".join(p.read_bytes() for p in sorted(CODE_DIR.glob("*.py")))).hexdigest(),
+        "code": hashlib.sha256(b"".join(p.read_bytes() for pattern in CODE_FILES
+                                        for p in sorted(ROOT.glob(pattern)))).hexdigest(),
     }))
 
 
