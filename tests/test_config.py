@@ -1,7 +1,9 @@
 import pytest
 import yaml
 
-from transfer.config import STRATEGIES, UserError, load_params, validate
+from transfer import strategies
+from transfer.config import load_params, validate
+from transfer.schema import UserError
 from tests.conftest import default_params
 
 
@@ -27,7 +29,8 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
 def test_misspelt_strategy_lists_the_allowed_ones():
     params = default_params()
     params["strategy"] = "lorra"
-    with pytest.raises(UserError, match=r"'strategy' is 'lorra'; it must be one of: lora, ia3, prefix.*Did you mean 'lora'"):
+    listed = "adapter, adapter_stack, frozen, gradual, ia3, llrd, lora, partial, prefix, prompt, scratch"
+    with pytest.raises(UserError, match=rf"'strategy' is 'lorra'; it must be one of: {listed}\. Did you mean 'lora'\?"):
         validate(params)
 
 
@@ -98,6 +101,61 @@ def test_a_key_from_another_strategys_section_is_refused():
 
 def test_every_strategy_has_its_section_with_a_learning_rate():
     params = default_params()
-    for strategy in STRATEGIES:
+    for strategy in strategies.NAMES:
         assert "learning_rate" in params[strategy], strategy
         validate({**params, "strategy": strategy})
+
+
+BITFIT = '''"""BitFit: only the biases (and the head) train."""
+from transfer.schema import LEARNING_RATE
+from transfer.strategies import Plan
+
+PARAMS = {"learning_rate": LEARNING_RATE}
+
+
+def build(model, params, **_):
+    from transfer.strategies._layerwise import head_parameters
+
+    head = {id(p) for p in head_parameters(model)}
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = name.endswith(".bias") or id(parameter) in head
+    return Plan(model)
+'''
+
+USE_IT = '''
+import transformers
+from transfer import strategies
+from transfer.config import load_params, validate
+from transfer.schema import UserError
+
+assert "bitfit" in strategies.NAMES
+params = load_params()
+config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=32, num_labels=2)
+plan = strategies.prepare("bitfit", transformers.BertForSequenceClassification(config), params)
+trained = {name for name, p in plan.model.named_parameters() if p.requires_grad}
+assert trained and all(name.endswith(".bias") or name.startswith("classifier.") for name in trained), trained
+del params["bitfit"]
+try:
+    validate(params)
+except UserError as error:
+    print(error)
+'''
+
+
+def test_a_new_strategy_is_a_file_plus_its_params_section(tmp_path):
+    """Drop a module into transfer/strategies and a section into params.yaml: params accept it, peft's prepare
+    applies it, and without its section params.yaml is refused."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    shutil.copytree(ROOT / "transfer", tmp_path / "transfer", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "transfer/strategies/bitfit.py").write_text(BITFIT)
+    write(tmp_path, {**default_params(), "strategy": "bitfit", "bitfit": {"learning_rate": 1e-3}})
+    result = subprocess.run([sys.executable, "-c", USE_IT], cwd=tmp_path, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(tmp_path), "PATH": ""})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "params.yaml: missing key 'bitfit'. Add it (see README.md for its meaning)."

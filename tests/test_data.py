@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from transfer.config import UserError
+from transfer.schema import UserError
 from transfer.data import dataset
 from tests.conftest import default_params, toy_texts
 

@@ -59,7 +59,7 @@ def test_disk_full_while_saving_keeps_the_previous_output(workdir, tmp_path, mon
 
     from stages import finetune
     from transfer import modeling
-    from transfer.config import UserError
+    from transfer.schema import UserError
 
     source, params = workdir
     for name in ("data/prepared", "models/pretrained", "models/finetuned", "metrics"):

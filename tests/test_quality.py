@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from transfer.baselines import tfidf
-from transfer.config import UserError, validate
+from transfer.config import validate
+from transfer.schema import UserError
 from transfer.data import coverage, dataset
 from transfer.evaluation import quality
 from transfer.tasks.classification import classification_report

@@ -13,7 +13,8 @@ import yaml
 
 from stages import check, peft, prepare
 from transfer import modeling
-from transfer.config import UserError, validate
+from transfer.config import validate
+from transfer.schema import UserError
 from tests.conftest import ROOT, tiny_params, toy_texts
 from tests.test_bad_input import snapshot
 

@@ -7,8 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from stages import evaluate, export, peft, pretrain
-from transfer.config import STRATEGIES
-from transfer.strategies import NOT_MERGEABLE
+from transfer import strategies
 from transfer.training import masked_lm
 from tests.conftest import metrics, toy_texts
 
@@ -174,7 +173,7 @@ def test_sparse_masked_lm_loss_equals_the_full_models(tiny_bert):
     assert not torch.equal(before, model.bert.encoder.layer[0].attention.self.query.weight)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", strategies.NAMES)
 def test_every_strategy_runs_peft_evaluate_export_on_few_labels(workdir, tmp_path, monkeypatch, strategy):
     """Every strategy trains on 160 labels (the low-resource mode) and reaches an int8 ONNX model whose test
     accuracy matches the PyTorch model's, whether it folds into a plain model or not (prefix, prompt, adapters)."""
@@ -196,7 +195,7 @@ def test_every_strategy_runs_peft_evaluate_export_on_few_labels(workdir, tmp_pat
         assert result["trainable_fraction"] == 1.0
     else:
         assert 0 < result["trainable_fraction"] < (0.6 if strategy == "partial" else 0.5)
-    assert (run / "models/peft/merged").is_dir() == (strategy not in NOT_MERGEABLE)
+    assert (run / "models/peft/merged").is_dir() == strategies.mergeable(strategy)
     assert metrics(run, "evaluate")["strategy"] == strategy
     exported = metrics(run, "export")
     assert exported["model"] == strategy and exported["exported"] == "peft"

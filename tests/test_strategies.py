@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from transfer import strategies
-from transfer.config import UserError
+from transfer.schema import UserError
 from transfer.modeling import load_classifier, load_tokenizer
 from tests.conftest import default_params, toy_texts
 
@@ -182,7 +182,7 @@ def test_injected_strategies_train_only_their_weights_and_round_trip(tiny_bert, 
     with torch.no_grad():
         expected = model(**inputs).logits
     strategies.save_adapted(model, strategy, load_tokenizer(str(tiny_bert)), tmp_path / "peft")
-    assert (tmp_path / "peft/merged").is_dir() == (strategy not in strategies.NOT_MERGEABLE)
+    assert (tmp_path / "peft/merged").is_dir() == strategies.mergeable(strategy)
     assert not list(tmp_path.rglob("*.bin")), "safetensors only"
     rebuilt = strategies.load_adapted(tmp_path / "peft", tiny_bert)
     with torch.no_grad():

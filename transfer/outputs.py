@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from transfer.config import UserError
+from transfer.schema import UserError
 
 
 def partial_path(path):

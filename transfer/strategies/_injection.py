@@ -1,10 +1,11 @@
-"""Strategies that inject a few new trainable weights into a frozen model: peft's LoRA, IA3, prefix and prompt
-tuning, and the adapters library's bottleneck adapters (alone, or stacked on a masked-LM domain adapter)."""
+"""What the strategies that inject a few new trainable weights into a frozen model share: resolving and checking
+target modules (LoRA, IA3), whether peft can size prompt learning (prefix, prompt), and the adapters library's
+support check, config, saving and loading (adapter, adapter_stack)."""
 from pathlib import Path
 
 import torch
 
-from transfer.config import UserError
+from transfer.schema import UserError
 from transfer.strategies._layerwise import head_parameters
 
 # architectures peft's own tables leave out
@@ -33,6 +34,20 @@ def target_modules(model, wanted, mapping, section):
     return list(wanted)
 
 
+def skeleton(config, params):
+    """The classifier built from the config on the meta device: its module names, without memory or weights."""
+    from transformers import AutoModelForSequenceClassification
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # no memory, weights or random draws
+        return AutoModelForSequenceClassification.from_config(
+            config, trust_remote_code=params["model"]["trust_remote_code"])
+
+
+def check_targets(section, params, config):
+    """Refuse `section.target_modules` (lora, ia3) that this model config lacks, or 'auto' where peft has no table."""
+    target_modules(skeleton(config, params), params[section]["target_modules"], auto_targets(section), section)
+
+
 def auto_targets(section):
     """{model type: target module names} that `section.target_modules: auto` looks the model up in."""
     if section == "lora":
@@ -42,32 +57,6 @@ def auto_targets(section):
     from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as mapping
 
     return dict(mapping)
-
-
-def lora(model, params):
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    cfg = params["lora"]
-    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
-                        target_modules=target_modules(model, cfg["target_modules"], auto_targets("lora"), "lora"))
-    return get_peft_model(model, config)
-
-
-def ia3(model, params):
-    from peft import IA3Config, TaskType, get_peft_model
-    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as feedforward
-
-    targets = target_modules(model, params["ia3"]["target_modules"], auto_targets("ia3"), "ia3")
-    ff = [name for name in feedforward.get(model.config.model_type, []) if name in targets]
-    config = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=targets, feedforward_modules=ff)
-    return get_peft_model(model, config)
-
-
-def prefix(model, params):
-    from peft import PrefixTuningConfig, TaskType, get_peft_model
-
-    config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=params["prefix"]["num_virtual_tokens"])
-    return get_peft_model(model, config)
 
 
 def check_prompt_learning(strategy, params, config):
@@ -113,65 +102,11 @@ def check_adapters_support(strategy, model_type):
                         "lora.target_modules, partial, llrd, ...), or another model.name.")
 
 
-def prompt(model, params):
-    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
-
-    cfg = params["prompt"]
-    from_text = dict(prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text=cfg["init_text"],
-                     tokenizer_name_or_path=model.config._name_or_path) if cfg["init_text"].strip() else {}
-    config = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=cfg["num_virtual_tokens"], **from_text)
-    return get_peft_model(model, config)
-
-
 def bottleneck_config(cfg):
     from adapters import DoubleSeqBnConfig, SeqBnConfig
 
     kind = DoubleSeqBnConfig if cfg["kind"] == "houlsby" else SeqBnConfig
     return kind(reduction_factor=cfg["reduction_factor"])
-
-
-def adapter(model, params):
-    """A bottleneck adapter after each layer's feed-forward block (Pfeiffer) or after both blocks (Houlsby)."""
-    import adapters
-
-    adapters.init(model)
-    model.add_adapter(TASK, config=bottleneck_config(params["adapter"]))
-    model.train_adapter(TASK)  # freezes the backbone; the classifier of a plain transformers model stays trainable
-    return model
-
-
-def train_domain_adapter(base_dir, tokenizer, texts, params, out_dir):
-    """Train a bottleneck adapter with masked-LM on the domain texts; save it to out_dir for the task model."""
-    import adapters
-    from transformers import AutoModelForMaskedLM
-
-    from transfer.training.masked_lm import train_masked_lm
-
-    cfg = params["adapter_stack"]
-    model = AutoModelForMaskedLM.from_pretrained(base_dir, use_safetensors=True)
-    adapters.init(model)
-    model.add_adapter(DOMAIN, config=bottleneck_config(cfg))
-    model.train_adapter(DOMAIN)
-    # the MLM head's transform starts fresh when the encoder ships without one: it must learn beside the adapter
-    for parameter in head_parameters(model):
-        parameter.requires_grad = True
-    seconds = train_masked_lm(model, tokenizer, texts, params["pretrain"], params["seed"], Path(out_dir) / "mlm",
-                              cfg["domain_steps"], cfg["domain_learning_rate"], params["checkpoints"]["every_steps"])
-    model.save_adapter(str(Path(out_dir) / DOMAIN), DOMAIN, with_head=False, use_safetensors=True)
-    return seconds
-
-
-def adapter_stack(model, params, domain_adapter_dir):
-    """A task adapter stacked on a domain adapter (adapters' Stack): only the task adapter and classifier train."""
-    import adapters
-    from adapters.composition import Stack
-
-    adapters.init(model)
-    model.load_adapter(str(domain_adapter_dir), load_as=DOMAIN, with_head=False, use_safetensors=True)
-    model.add_adapter(TASK, config=bottleneck_config(params["adapter_stack"]))
-    model.train_adapter(TASK)
-    model.active_adapters = Stack(DOMAIN, TASK)
-    return model
 
 
 def uses_adapters_library(model):

@@ -7,7 +7,7 @@ layer) are depth L. The classification head has no depth: it always trains, at i
 import torch
 from transformers import TrainerCallback
 
-from transfer.config import UserError
+from transfer.schema import UserError
 
 
 def encoder_layers(model):
