@@ -62,7 +62,7 @@ def run_shape(csv, folder, overrides):
 
 def summarise(shape, folder, seconds):
     read = lambda name: json.loads((folder / "metrics" / f"{name}.json").read_text())  # noqa: E731
-    data, evaluate = read("data"), read("evaluate")
+    data, evaluate, vocabulary = read("data"), read("evaluate"), read("pretrain").get("vocabulary", {})
     train_counts = data["rows_per_label"]["train"]
     all_rows = {label: sum(data["rows_per_label"][split][label] for split in data["rows_per_label"])
                 for label in train_counts}
@@ -72,7 +72,7 @@ def summarise(shape, folder, seconds):
     return {
         "shape": shape, "rows": data["rows"], "classes": data["num_classes"],
         "rarest_share": round(min(all_rows.values()) / sum(all_rows.values()), 4),
-        "dropped": data["dropped"], "coverage": data["coverage"],
+        "dropped": data["dropped"], "coverage": data["coverage"], "vocabulary": vocabulary,
         "macro_f1": {key: round(value, 4) for key, value in scores.items()},
         "accuracy": {key: round(evaluate[key]["accuracy"], 4) for key in scores},
         "never_predicted": {key: [name for name, s in evaluate[key]["per_class"].items()
@@ -91,8 +91,12 @@ def table(results, strategy):
     for r in results:
         f1 = r["macro_f1"]
         warned = "; ".join(sorted(set(r["warnings"]))) or "none"
+        unknown = f"{r['coverage']['unknown_token_rate']:.1%}"
+        added = r.get("vocabulary", {})
+        if added.get("added_tokens"):  # pretrain.extend_vocab added tokens: the rate the models trained with
+            unknown += f" → {added['unknown_token_rate_after']:.1%} ({added['added_tokens']} tokens added)"
         lines.append(f"| {r['shape']} | {r['rows']['train']} | {r['classes']} | {r['rarest_share']:.1%} | "
-                     f"{r['coverage']['unknown_token_rate']:.1%} | {r['coverage']['tokens_per_word']:.2f} | "
+                     f"{unknown} | {r['coverage']['tokens_per_word']:.2f} | "
                      f"{f1['baseline']:.4f} | {f1['finetune']:.4f} | {f1['peft']:.4f} | {warned} | "
                      f"{'yes' if r['promise_kept'] else '**no**'} |")
     return "\n".join(lines)

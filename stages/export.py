@@ -13,7 +13,7 @@ from transfer.config import run_stage
 from transfer.data import dataset
 from transfer.evaluation import leaderboard, quality
 from transfer.export import onnx_model
-from transfer.export.card import concerns, model_card
+from transfer.export.card import concerns, model_card, settled_by_vocabulary
 from transfer.outputs import read_json, replaced_together, write_json
 from transfer.tasks.classification import classification_report
 
@@ -124,7 +124,8 @@ def main(params):
     parts, names = dataset.load_prepared()
     board = read_json("metrics/leaderboard.json")
     exported = board["best"] if cfg["source"] == "best" else cfg["source"]
-    data_metrics, evaluate_metrics = read_json("metrics/data.json"), read_json("metrics/evaluate.json")
+    data_metrics = settled_by_vocabulary(read_json("metrics/data.json"), read_json("metrics/pretrain.json"))
+    evaluate_metrics = read_json("metrics/evaluate.json")
     with replaced_together(OUT_DIR, METRICS, TIMING) as (out, metrics_file, timing_file):
         if exported == "baseline":
             figures, timing = export_baseline(out, params, parts["test"], names)

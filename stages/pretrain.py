@@ -1,4 +1,5 @@
-"""Stage 2: domain-adaptive masked-LM pretraining (DAPT, optionally TAPT) of the encoder."""
+"""Stage 2: domain-adaptive masked-LM pretraining (DAPT, optionally TAPT) of the encoder, after adding the
+characters its tokenizer lacks to the vocabulary where pretrain.extend_vocab asks for it."""
 import math
 from pathlib import Path
 
@@ -6,7 +7,7 @@ import torch
 
 from transfer import modeling, strategies
 from transfer.config import run_stage
-from transfer.data import dataset
+from transfer.data import dataset, vocabulary
 from transfer.outputs import replaced_together, write_json
 from transfer.training import checkpointing
 from transfer.training.masked_lm import fixed_masked_batches, masked_lm_loss, train_masked_lm
@@ -26,15 +27,20 @@ def main(params):
     source = modeling.resolve_model(params["model"]["name"])
     trust = params["model"]["trust_remote_code"]
     tokenizer = modeling.load_tokenizer(source, trust)
+    parts, _ = dataset.load_prepared(PREPARED)
+    domain_texts = parts[dataset.POOL]["text"].tolist() + parts["train"]["text"].tolist()  # no val or test text
+    max_unknown_rate = params["data"]["max_unknown_rate"]
     if not cfg["enabled"]:
+        torch.manual_seed(seed)  # the added tokens' rows are drawn
+        encoder = modeling.load_encoder(source, trust)
+        added = vocabulary.extend(tokenizer, encoder, domain_texts, cfg, max_unknown_rate)
         with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
-            modeling.save(modeling.load_encoder(source, trust), tokenizer, out)
-            write_json(metrics_file, {"enabled": False})
+            modeling.save(encoder, tokenizer, out)
+            write_json(metrics_file, {"enabled": False, "vocabulary": added})
             write_json(timing_file, {"train_seconds": 0.0})
             live_files(curves).end()  # no curve, but the declared folder exists
         checkpointing.finish(CHECKPOINTS)
         return
-    parts, _ = dataset.load_prepared(PREPARED)
     texts = parts[dataset.POOL]["text"].tolist()
     held_out, texts = texts[:cfg["eval_texts"]], texts[cfg["eval_texts"]:]
     if cfg["include_task_texts"]:
@@ -44,6 +50,7 @@ def main(params):
                         params["checkpoints"]["resume"])
     torch.manual_seed(seed)
     model = modeling.load_encoder(source, trust, masked_lm=True)
+    added = vocabulary.extend(tokenizer, model, domain_texts, cfg, max_unknown_rate)
     eval_batches = fixed_masked_batches(held_out, tokenizer, cfg, seed)
     loss_before = masked_lm_loss(model, eval_batches)
     train_seconds = train_masked_lm(model, tokenizer, texts, cfg, seed, CHECKPOINTS, cfg["max_steps"],
@@ -53,6 +60,7 @@ def main(params):
     loss_after = masked_lm_loss(model, eval_batches)
     # Keep the encoder with its pooler: the masked-LM model has none, the classifier wants the pretrained one.
     encoder = modeling.load_encoder(source, trust)
+    encoder.resize_token_embeddings(model.get_input_embeddings().num_embeddings)  # rows for the added tokens
     missing, unexpected = encoder.load_state_dict(model.base_model.state_dict(), strict=False)
     if unexpected or any("pooler" not in key for key in missing):
         raise RuntimeError(f"encoder weights did not line up: missing {missing}, unexpected {unexpected}")
@@ -61,10 +69,14 @@ def main(params):
         write_json(metrics_file, {
             "enabled": True, "train_texts": len(texts), "eval_texts": len(held_out), "steps": cfg["max_steps"],
             "mlm_loss_before": loss_before, "mlm_loss_after": loss_after,
-            "perplexity_before": math.exp(loss_before), "perplexity_after": math.exp(loss_after)})
+            "perplexity_before": math.exp(loss_before), "perplexity_after": math.exp(loss_after),
+            "vocabulary": added})
         write_json(timing_file, {"train_seconds": round(train_seconds, 1)})
         (CHECKPOINTS / "curves").rename(curves)
     checkpointing.finish(CHECKPOINTS)
+    if added["added_tokens"]:
+        print(f"pretrain: added {added['added_tokens']} tokens to the vocabulary: unknown tokens "
+              f"{added['unknown_token_rate_before']:.1%} -> {added['unknown_token_rate_after']:.1%}")
     print(f"pretrain: held-out MLM loss {loss_before:.3f} -> {loss_after:.3f}")
 
 

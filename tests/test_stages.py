@@ -151,7 +151,9 @@ def test_pretrain_disabled_passes_the_base_model_through(workdir, tiny_bert, tmp
     saved = load_file(folder / "models/pretrained/model.safetensors")
     base = load_file(tiny_bert / "model.safetensors")
     assert saved.keys() == base.keys() and all(torch.equal(saved[k], base[k]) for k in base)
-    assert metrics(folder, "pretrain") == {"enabled": False}
+    result = metrics(folder, "pretrain")
+    assert result.keys() == {"enabled", "vocabulary"} and result["enabled"] is False
+    assert result["vocabulary"]["added_tokens"] == 0  # toy English: the tokenizer covers it
 
 
 def test_sparse_masked_lm_loss_equals_the_full_models(tiny_bert):

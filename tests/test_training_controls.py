@@ -152,3 +152,31 @@ def test_gradient_clipping_bounds_the_norm(tiny_bert, tmp_path):
     assert len(applied.norms) == 160 // 8 and len(spy.grad_norms) == len(applied.norms)
     assert all(before > 0.05 for before in spy.grad_norms)  # every step needed clipping ...
     assert applied.norms == pytest.approx([0.05] * len(applied.norms), rel=1e-3)  # ... and got exactly the bound
+
+
+def test_length_grouped_batches_come_in_random_order_not_as_a_drift_from_long_to_short():
+    """Where length goes with the label, the stock sampler's long-to-short run through each megabatch drifts the
+    label mix for 50 steps at a time; the pipeline's sampler keeps the same length-grouped batches, shuffled."""
+    import numpy as np
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    from transfer.training.classifier import EpochSeededLengthGroupedSampler
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 128, size=4000).tolist()
+    sampler = EpochSeededLengthGroupedSampler(LengthGroupedSampler(16, lengths=lengths), seed=7)
+    order = list(sampler)
+    assert sorted(order) == list(range(4000)), "every row once"
+    batches = [order[i:i + 16] for i in range(0, 4000, 16)]
+    stock = get_length_grouped_indices(lengths, 16, generator=torch.Generator().manual_seed(7))
+    stock_batches = [stock[i:i + 16] for i in range(0, 4000, 16)]
+    assert sorted(map(sorted, batches)) == sorted(map(sorted, stock_batches)), "the same length-grouped batches"
+    assert batches[0] == stock_batches[0] and max(lengths[i] for i in batches[0]) == max(lengths)  # longest first
+    mean_length = [np.mean([lengths[i] for i in batch]) for batch in batches]
+    stock_length = [np.mean([lengths[i] for i in batch]) for batch in stock_batches]
+    megabatch = slice(1, 50)  # the stock sampler's first megabatch of 50 batches, less the longest one
+    assert np.corrcoef(range(49), stock_length[megabatch])[0, 1] < -0.9  # the drift
+    assert abs(np.corrcoef(range(49), mean_length[megabatch])[0, 1]) < 0.5
+    sampler.set_epoch(1)
+    assert list(sampler) != order and list(EpochSeededLengthGroupedSampler(
+        LengthGroupedSampler(16, lengths=lengths), seed=7)) == order, "set by the seed and the epoch alone"

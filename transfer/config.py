@@ -54,6 +54,9 @@ SCHEMA = {
         "max_length": number(int, 8),
         "warmup_ratio": FRACTION,
         "eval_texts": POSITIVE_INT,
+        "extend_vocab": ((bool, str), lambda v: isinstance(v, bool) or v == "auto", "auto, true or false"),
+        "new_tokens_max": POSITIVE_INT,
+        "new_tokens_min_count": POSITIVE_INT,
     },
     "train": {
         "max_length": number(int, 8),

@@ -92,7 +92,8 @@ def warnings(coverage, max_unknown_rate, max_tokens_per_word, model_name):
                       "unknown_token_rate": coverage["unknown_token_rate"], "threshold": max_unknown_rate,
                       "message": f"{coverage['unknown_token_rate']:.1%} of the tokens of your texts are the "
                                  f"tokenizer's unknown token (data.max_unknown_rate: {max_unknown_rate}): the model "
-                                 f"cannot see what they say. Fix: {fix}."})
+                                 f"cannot see what they say. pretrain.extend_vocab (auto, the default, or true) "
+                                 f"adds the characters it lacks as tokens in pretrain; or {fix}."})
     if coverage["tokens_per_word"] > max_tokens_per_word:
         found.append({"kind": "tokenizer_splits_words", "model": model_name,
                       "tokens_per_word": coverage["tokens_per_word"], "threshold": max_tokens_per_word,

@@ -8,6 +8,17 @@ TRANSFORMER_HINT = ("more labelled data (`data.max_train`), more epochs (`finetu
                     "inputs (`train.max_length`), or a `model.name` that fits the language and domain")
 
 
+def settled_by_vocabulary(data_metrics, pretrain_metrics):
+    """data.json's metrics without the unknown-token warning that pretrain settled by adding the characters the
+    tokenizer lacked (pretrain.extend_vocab), where fewer tokens than the warning's threshold are unknown since."""
+    added = pretrain_metrics.get("vocabulary", {})
+    if not added.get("added_tokens"):
+        return data_metrics
+    kept = [w for w in data_metrics.get("warnings", []) if not (
+        w["kind"] == "tokenizer_unknown_tokens" and added["unknown_token_rate_after"] <= w["threshold"])]
+    return {**data_metrics, "warnings": kept}
+
+
 def concerns(exported, data_metrics, evaluate_metrics):
     """The warnings that bear on the exported model: its own from evaluate, and the data's (coverage, split)."""
     return ([w for w in evaluate_metrics.get("warnings", []) if w["model"] == exported]

@@ -48,6 +48,12 @@ def check_targets(section, params, config):
     target_modules(skeleton(config, params), params[section]["target_modules"], auto_targets(section), section)
 
 
+def added_token_ids(tokenizer):
+    """The ids of the tokens added to the tokenizer's vocabulary (pretrain.extend_vocab), special tokens left out."""
+    special = set(tokenizer.all_special_tokens)
+    return sorted(i for token, i in tokenizer.get_added_vocab().items() if token not in special)
+
+
 def auto_targets(section):
     """{model type: target module names} that `section.target_modules: auto` looks the model up in."""
     if section == "lora":
