@@ -36,6 +36,8 @@ def test_uncovered_characters_come_most_frequent_first_within_the_limits(tiny_be
     assert vocabulary.uncovered_characters(texts, tokenizer, max_new=10, min_count=2) == ["好", "坏"]
     assert vocabulary.uncovered_characters(texts, tokenizer, max_new=1, min_count=1) == ["好"]
     assert vocabulary.uncovered_characters(["good great fine"], tokenizer, 10, 1) == []
+    slow = AutoTokenizer.from_pretrained(tiny_bert, use_fast=False)  # no offsets: the characters alone decide
+    assert vocabulary.uncovered_characters(["好好好 的", "好坏坏 great"], slow, 10, 1) == ["好", "坏", "的"]
 
 
 def test_added_tokens_get_distinct_rows_in_the_embeddings_and_the_tied_output_layer(tiny_bert):

@@ -18,11 +18,18 @@ def uncovered_characters(texts, tokenizer, max_new, min_count):
     if unknown is None:
         return []
     texts = [str(text) for text in texts]
-    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False)
-    counts = Counter()
-    for text, ids, offsets in zip(texts, encoded["input_ids"], encoded["offset_mapping"]):
-        counts.update(char for token, (start, end) in zip(ids, offsets) if token == unknown
-                      for char in text[start:end] if not char.isspace())
+    if tokenizer.is_fast:
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, truncation=False,
+                            verbose=False)
+        counts = Counter(char for text, ids, offsets in zip(texts, encoded["input_ids"], encoded["offset_mapping"])
+                         for token, (start, end) in zip(ids, offsets) if token == unknown
+                         for char in text[start:end] if not char.isspace())
+    else:  # a slow tokenizer gives no offsets: the characters of each space-separated piece that comes out unknown
+        pieces = Counter(piece for text in texts for piece in text.split())
+        counts = Counter()
+        for piece, seen in pieces.items():
+            if unknown in tokenizer(piece, add_special_tokens=False)["input_ids"]:
+                counts.update({char: seen * piece.count(char) for char in set(piece)})
     found = []
     for char, count in counts.most_common():
         if count < min_count or len(found) == max_new:
