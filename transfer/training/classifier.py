@@ -30,7 +30,7 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     It also hands out each megabatch's batches (50 of them) from longest to shortest: where length goes with the
     label (Chinese reviews: the positive ones longer), the label mix drifts over 50 steps at a time and the
     classifier chases it; a fine-tune on 2,000 such reviews stayed at one class, where the same batches in random
-    order learned (bench/quality.md). Only the longest batch keeps its place at the front, so that a batch too big
+    order learned (README.md, your own vocabulary). Only the longest batch keeps its place at the front, so that a batch too big
     for the device fails at the first step."""
 
     def __init__(self, sampler, seed):
