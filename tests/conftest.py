@@ -16,15 +16,17 @@ NEUTRAL = "the movie film plot actor story scene was and it a this".split()
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def toy_texts(count, seed=0):
-    """Short 'reviews' whose label follows the sentiment words they contain: easy to learn."""
+def toy_texts(count, seed=0, positive=POSITIVE, negative=NEGATIVE, neutral=NEUTRAL, separator=" ", numbered=True):
+    """Short 'reviews' whose label follows the sentiment words they contain: easy to learn. `numbered` ends each
+    with its row number (every row unique; the number's parity is the label, so a model may read it too)."""
     rng = random.Random(seed)
     rows = []
     for i in range(count):
         label = "positive" if i % 2 == 0 else "negative"
-        words = rng.sample(NEUTRAL, 5) + rng.sample(POSITIVE if label == "positive" else NEGATIVE, 3)
+        words = rng.sample(neutral, 5) + rng.sample(positive if label == "positive" else negative, 3)
         rng.shuffle(words)
-        rows.append({"review": " ".join(words) + f" {i}", "sentiment": label})
+        text = separator.join(words)
+        rows.append({"review": f"{text} {i}" if numbered else text, "sentiment": label})
     return pd.DataFrame(rows)
 
 

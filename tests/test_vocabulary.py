@@ -1,8 +1,5 @@
 """pretrain.extend_vocab: characters the tokenizer can only call unknown become tokens with rows of their own, which
 pretraining trains and the classifier learns from; on text the tokenizer covers, nothing changes."""
-import random
-
-import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -18,15 +15,8 @@ GOOD, BAD, PLAIN = "好棒赞美爱乐", "差坏烂丑恨慢", "的了是在我�
 
 def chinese_texts(count, seed=0):
     """Toy reviews in Chinese characters (all unknown to the tiny BERT's word vocabulary); the label follows the
-    sentiment characters each holds."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(count):
-        label = "positive" if i % 2 == 0 else "negative"
-        chars = rng.sample(PLAIN, 5) + rng.sample(GOOD if label == "positive" else BAD, 3)
-        rng.shuffle(chars)
-        rows.append({"review": "".join(chars), "sentiment": label})  # no digits: they would give the label away
-    return pd.DataFrame(rows)
+    sentiment characters each holds. No row number: its digits would give the label away."""
+    return toy_texts(count, seed, list(GOOD), list(BAD), list(PLAIN), separator="", numbered=False)
 
 
 def test_uncovered_characters_come_most_frequent_first_within_the_limits(tiny_bert):
