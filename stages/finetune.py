@@ -8,7 +8,7 @@ from transfer.config import run_stage
 from transfer.data import dataset
 from transfer.evaluation import quality
 from transfer.outputs import replaced_together, write_json
-from transfer.training import checkpointing
+from transfer.training import checkpointing, compute
 from transfer.training.classifier import train_classifier
 
 PREPARED = Path("data/prepared")
@@ -21,6 +21,7 @@ CHECKPOINTS = Path("checkpoints/finetune")
 
 
 def main(params):
+    compute.check(params)  # the precision this machine can train in, before anything is touched
     parts, names = dataset.load_prepared(PREPARED)
     checkpointing.claim(CHECKPOINTS, checkpointing.run_identity(params, [PREPARED, PRETRAINED]),
                         params["checkpoints"]["resume"])

@@ -14,7 +14,7 @@ from transfer.config import run_stage
 from transfer.data import dataset
 from transfer.evaluation import quality
 from transfer.outputs import replaced_together, write_json
-from transfer.training import checkpointing
+from transfer.training import checkpointing, compute
 from transfer.training.classifier import train_classifier
 
 PREPARED = Path("data/prepared")
@@ -33,6 +33,7 @@ def main(params):
     tokenizer = modeling.load_tokenizer(PRETRAINED)
     model = modeling.load_classifier(PRETRAINED, names, params["model"]["trust_remote_code"])
     strategies.check_fits(strategy, params, model.config)  # a refusal leaves checkpoints/peft untouched
+    compute.check(params, model.config)
     checkpointing.claim(CHECKPOINTS, checkpointing.run_identity(params, [PREPARED, PRETRAINED]),
                         params["checkpoints"]["resume"])
     plan = strategies.prepare(strategy, model, params, work_dir=CHECKPOINTS / "domain", tokenizer=tokenizer,

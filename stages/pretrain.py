@@ -53,8 +53,8 @@ def main(params):
     added = vocabulary.extend(tokenizer, model, domain_texts, cfg, max_unknown_rate)
     eval_batches = fixed_masked_batches(held_out, tokenizer, cfg, seed)
     loss_before = masked_lm_loss(model, eval_batches)
-    train_seconds = train_masked_lm(model, tokenizer, texts, cfg, seed, CHECKPOINTS, cfg["max_steps"],
-                                    cfg["learning_rate"], params["checkpoints"]["every_steps"],
+    train_seconds = train_masked_lm(model, tokenizer, texts, cfg, params["compute"], seed, CHECKPOINTS,
+                                    cfg["max_steps"], cfg["learning_rate"], params["checkpoints"]["every_steps"],
                                     curves_dir=CHECKPOINTS / "curves")
     model.to("cpu")
     loss_after = masked_lm_loss(model, eval_batches)

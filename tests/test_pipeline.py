@@ -90,6 +90,27 @@ def test_second_repro_does_nothing(repo):
     assert "up to date" in run(["dvc", "status"], folder).lower()
 
 
+def test_a_second_clone_pulls_the_results_from_a_remote_and_reproduces_nothing(repo, tmp_path):
+    """README.md, sharing results: `dvc push` to a remote (a local folder here; S3, GCS or SSH alike), then a new
+    clone's `dvc pull` brings every model and prepared file, and its `dvc repro` trains nothing."""
+    folder, _ = repo
+    remote, clone = tmp_path / "remote", tmp_path / "clone"
+    run(["dvc", "remote", "add", "--local", "-d", "shared", str(remote)], folder)  # .dvc/config.local: not in git
+    try:
+        run(["dvc", "push"], folder)
+        run(["git", "clone", "-q", str(folder), str(clone)], tmp_path)
+        run(["dvc", "remote", "add", "--local", "-d", "shared", str(remote)], clone)
+        assert not (clone / "models/finetuned").exists()
+        run(["dvc", "pull"], clone)
+    finally:
+        run(["dvc", "remote", "remove", "--local", "shared"], folder)
+    assert "up to date" in run(["dvc", "status"], clone).lower()
+    assert stages_run(run(["dvc", "repro"], clone)) == set()
+    outputs = ("data/prepared", "models/pretrained", "models/finetuned", "models/peft", "models/baseline",
+               "models/exported")
+    assert hashes(clone, *outputs) == hashes(folder, *outputs)
+
+
 def test_changing_strategy_reruns_only_the_downstream_stages(repo):
     folder, _ = repo
     output = run(["dvc", "exp", "run", "-S", "strategy=frozen"], folder)

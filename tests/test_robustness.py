@@ -147,6 +147,10 @@ CHECK_CASES = {
                                                                  "which does not support model type 'convbert'"),
     "prefix-on-distilbert": ({"strategy": "prefix"}, "distilbert", "strategy 'prefix' does not fit model type "
                                                                    "'distilbert': peft cannot size it"),
+    "fp16-on-a-cpu": ({"compute.precision": "fp16"}, None,
+                      "compute.precision is fp16, which needs a GPU (CUDA) and none is visible here"),
+    "prefix-with-gradient-checkpointing": ({"strategy": "prefix", "compute.gradient_checkpointing": True}, None,
+                                           "strategy prefix cannot train with compute.gradient_checkpointing"),
 }
 
 

@@ -17,6 +17,7 @@ PARAMS_FILE = Path("params.yaml")
 EXPORT_SOURCES = ("best", "peft", "finetune", "baseline")
 INT8_KINDS = ("auto", "avx512_vnni", "avx2", "arm64")  # the int8 kernels to quantize for (transfer/export/onnx_model.py)
 TRUNCATION = ("head", "tail", "head_tail")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # what transfer/training/compute.py makes of each
 
 SCHEMA = {
     "seed": COUNT,
@@ -57,6 +58,7 @@ SCHEMA = {
         "extend_vocab": ((bool, str), lambda v: isinstance(v, bool) or v == "auto", "auto, true or false"),
         "new_tokens_max": POSITIVE_INT,
         "new_tokens_min_count": POSITIVE_INT,
+        "gradient_accumulation_steps": POSITIVE_INT,
     },
     "train": {
         "max_length": number(int, 8),
@@ -70,7 +72,9 @@ SCHEMA = {
         "group_by_length": BOOL,
         "logging_steps": POSITIVE_INT,
         "class_weights": choice("auto", "none"),
+        "gradient_accumulation_steps": POSITIVE_INT,
     },
+    "compute": {"precision": choice(*PRECISIONS), "gradient_checkpointing": BOOL},
     "finetune": {"epochs": POSITIVE_INT, "learning_rate": LEARNING_RATE},
     "peft": {"epochs": POSITIVE_INT},
     **strategies.sections(),  # each strategy's own section, from its module (transfer/strategies/<name>.py)

@@ -59,13 +59,15 @@ def check_fits(strategy, params, config):
 def preflight(params):
     """The early check of params against the model, before any data or training work (call it first in a stage):
     model.name must be a model (modeling.check_model: config and tokenizer only, no weights) that the chosen
-    strategy fits (check_fits). Returns the model's config."""
+    strategy fits (check_fits), on a machine that can train as params compute asks. Returns the model's config."""
     from transfer import modeling
+    from transfer.training import compute
 
     strategy, model = params["strategy"], params["model"]
     config = modeling.check_model(model["name"], model["trust_remote_code"],
                                   masked_lm=params["pretrain"]["enabled"] or strategy == "adapter_stack")
     check_fits(strategy, params, config)
+    compute.check(params, config)
     return config
 
 

@@ -40,7 +40,8 @@ def train_domain_adapter(base_dir, tokenizer, texts, params, out_dir):
     # the MLM head's transform starts fresh when the encoder ships without one: it must learn beside the adapter
     for parameter in head_parameters(model):
         parameter.requires_grad = True
-    seconds = train_masked_lm(model, tokenizer, texts, params["pretrain"], params["seed"], Path(out_dir) / "mlm",
+    seconds = train_masked_lm(model, tokenizer, texts, params["pretrain"], params["compute"], params["seed"],
+                              Path(out_dir) / "mlm",
                               cfg["domain_steps"], cfg["domain_learning_rate"], params["checkpoints"]["every_steps"])
     model.save_adapter(str(Path(out_dir) / _injection.DOMAIN), _injection.DOMAIN, with_head=False,
                        use_safetensors=True)

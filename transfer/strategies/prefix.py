@@ -7,9 +7,14 @@ MERGEABLE = False
 
 
 def check(params, config):
+    from transfer.schema import UserError
     from transfer.strategies import _injection
 
     _injection.check_prompt_learning("prefix", params, config)
+    if params["compute"]["gradient_checkpointing"]:  # tests/test_compute.py: the attention's shapes no longer match
+        raise UserError("params.yaml: strategy prefix cannot train with compute.gradient_checkpointing: true (peft's "
+                        "prefix keys and values break the recomputed attention layers). Set it to false, or choose "
+                        "another strategy (lora and prompt train with it).")
 
 
 def build(model, params, **_):

@@ -11,6 +11,7 @@ from transfer.data.dataset import to_dataset
 from transfer.modeling import count_parameters
 from transfer.tasks.classification import classification_report, trainer_metrics
 from transfer.training.checkpointing import SaveEvery, resume_point
+from transfer.training.compute import training_arguments as compute_arguments
 from transfer.training.tracking import LiveCurves, show_progress
 
 UNEVEN = 1.5  # largest / smallest class above this: the classes count as uneven
@@ -65,14 +66,21 @@ class ResumableTrainer(Trainer):
     def __init__(self, *args, class_weights=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.class_weights = class_weights
+        if class_weights is not None:
+            self.model_accepts_loss_kwargs = True  # count the rows over the accumulated batches (num_items)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.class_weights is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels,
-                                                 weight=self.class_weights.to(outputs.logits.device))
+        # each row's loss times its class's weight, over the rows of the whole optimizer step: batches accumulated
+        # into one step train as the bigger batch (the 'balanced' weights average 1 over the training set)
+        losses = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, reduction="none")
+        loss = (losses * self.class_weights.to(losses.device)[labels]).sum()
+        loss = loss / (num_items_in_batch if num_items_in_batch is not None else len(labels))
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.n_gpu <= 1:
+            loss = loss * self.accelerator.num_processes  # num_items counts every process's rows; DDP averages
         return (loss, outputs) if return_outputs else loss
 
     def _get_train_sampler(self, train_dataset=None):
@@ -82,20 +90,20 @@ class ResumableTrainer(Trainer):
         return sampler  # a RandomSampler, which accelerate already reseeds per epoch
 
 
-def training_arguments(output_dir, train_cfg, epochs, learning_rate, seed):
+def training_arguments(output_dir, train_cfg, compute, epochs, learning_rate, seed):
     from transformers import TrainingArguments
 
-    cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(output_dir), num_train_epochs=epochs, learning_rate=learning_rate, seed=seed, data_seed=seed,
         per_device_train_batch_size=train_cfg["batch_size"], per_device_eval_batch_size=train_cfg["eval_batch_size"],
+        gradient_accumulation_steps=train_cfg["gradient_accumulation_steps"],
         weight_decay=train_cfg["weight_decay"], warmup_ratio=train_cfg["warmup_ratio"],
         max_grad_norm=train_cfg["max_grad_norm"], group_by_length=train_cfg["group_by_length"],
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, load_best_model_at_end=True,
         metric_for_best_model="macro_f1", greater_is_better=True, save_safetensors=True,
         restore_callback_states_from_checkpoint=True,  # early stopping's patience count survives a resume
         logging_steps=train_cfg["logging_steps"], logging_first_step=True, report_to=[], disable_tqdm=not show_progress(),
-        bf16=cuda and torch.cuda.is_bf16_supported(), use_cpu=not cuda)
+        **compute_arguments(compute))
 
 
 def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, output_dir, param_groups=None,
@@ -112,7 +120,7 @@ def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, out
     num_classes = model.config.num_labels
     weights = class_weights(parts["train"]["label"], num_classes, train_cfg["class_weights"])
     encode = dict(tokenizer=tokenizer, max_length=train_cfg["max_length"], truncation=train_cfg["truncation"])
-    args = training_arguments(output_dir, train_cfg, epochs, learning_rate, params["seed"])
+    args = training_arguments(output_dir, train_cfg, params["compute"], epochs, learning_rate, params["seed"])
     optimizer = None
     if param_groups is not None:
         optimizer = torch.optim.AdamW(param_groups, lr=learning_rate)

@@ -5,28 +5,38 @@ import torch
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback
 
 from transfer.training.checkpointing import resume_point
+from transfer.training.compute import training_arguments
 from transfer.training.tracking import LiveCurves, show_progress
 
 
 def _vocabulary_head(model):
-    heads = [module for name, module in model.named_children() if name != model.base_model_prefix]
+    """The masked-LM head, where it is one module beside the backbone; None for a model wrapped by DataParallel or
+    DistributedDataParallel, whose own forward must run (it splits the batch, or syncs the gradients)."""
+    prefix = getattr(model, "base_model_prefix", None)
+    if prefix is None:
+        return None
+    heads = [module for name, module in model.named_children() if name != prefix]
     return heads[0] if len(heads) == 1 else None
 
 
-def masked_positions_loss(model, batch):
+def masked_positions_loss(model, batch, num_items=None):
     """The masked-LM loss, with the vocabulary head run only on the masked positions.
 
     The head projects onto the whole vocabulary (30k for BERT); applied to every position it is most of a
     training step on a CPU, though only the ~15% masked positions enter the loss. The loss is the same.
-    Models whose head is not one module apart from the backbone run whole."""
-    head = _vocabulary_head(model)
-    if head is None:
-        return model(**batch).loss
+    Models whose head is not one module apart from the backbone, and wrapped models, run whole.
+    The loss is summed over the masked tokens and divided by `num_items` (the masked tokens of all the batches
+    that make up one optimizer step, as the Trainer counts them), else by this batch's."""
     labels = batch["labels"]
     inputs = {key: value for key, value in batch.items() if key != "labels" and value is not None}
-    hidden = model.base_model(**inputs)[0]
     masked = labels != -100
-    return torch.nn.functional.cross_entropy(head(hidden[masked]), labels[masked])
+    head = _vocabulary_head(model)
+    if head is None:
+        scores = model(**inputs).logits[masked]
+    else:
+        scores = head(model.base_model(**inputs)[0][masked])
+    total = torch.nn.functional.cross_entropy(scores.float(), labels[masked], reduction="sum")
+    return total / (num_items if num_items is not None else masked.sum().clamp(min=1))
 
 
 class BatchSeededMasking(DataCollatorForLanguageModeling):
@@ -56,10 +66,20 @@ class ResumeMasking(TrainerCallback):
 
 
 class MaskedLMTrainer(Trainer):
-    """Trains and checkpoints the masked-LM model itself (saved as safetensors, tied weights and all)."""
+    """Trains and checkpoints the masked-LM model itself (saved as safetensors, tied weights and all).
+
+    The loss runs under the accelerator's autocast: on a GPU that lives only in the wrapper accelerate puts around
+    the model's forward, which the backbone-and-head call of masked_positions_loss goes around."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = True  # count the masked tokens over the accumulated batches (num_items)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = masked_positions_loss(model, inputs)
+        with self.accelerator.autocast():
+            loss = masked_positions_loss(model, inputs, num_items_in_batch)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.n_gpu <= 1:
+            loss = loss * self.accelerator.num_processes  # num_items counts every process's tokens; DDP averages
         return (loss, None) if return_outputs else loss
 
 
@@ -83,9 +103,11 @@ def masked_lm_loss(model, batches):
     return total / max(count, 1)
 
 
-def train_masked_lm(model, tokenizer, texts, cfg, seed, output_dir, max_steps, learning_rate, save_every,
+def train_masked_lm(model, tokenizer, texts, cfg, compute, seed, output_dir, max_steps, learning_rate, save_every,
                     curves_dir=None):
     """Train `model` (a masked-LM model, whatever of it requires grad) on `texts`; return the seconds it took.
+
+    `cfg` is params' pretrain section (masking, batches, schedule), `compute` its compute section (precision).
 
     Checkpoints go to `output_dir` every `save_every` steps; a complete one found there is resumed from.
     With `curves_dir`, the loss and learning-rate curves go there through DVCLive."""
@@ -95,10 +117,11 @@ def train_masked_lm(model, tokenizer, texts, cfg, seed, output_dir, max_steps, l
     train_set = Dataset.from_dict(dict(tokenizer(list(texts), truncation=True, max_length=cfg["max_length"])))
     args = TrainingArguments(
         output_dir=str(output_dir), max_steps=max_steps, learning_rate=learning_rate,
-        per_device_train_batch_size=cfg["batch_size"], warmup_ratio=cfg["warmup_ratio"], seed=seed, data_seed=seed,
-        save_strategy="steps", save_steps=save_every, save_total_limit=1, save_safetensors=True, report_to=[], logging_steps=max(1, max_steps // 20), remove_unused_columns=False,
-        disable_tqdm=not show_progress(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        per_device_train_batch_size=cfg["batch_size"], gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
+        warmup_ratio=cfg["warmup_ratio"], seed=seed, data_seed=seed,
+        save_strategy="steps", save_steps=save_every, save_total_limit=1, save_safetensors=True, report_to=[],
+        logging_steps=max(1, max_steps // 20), remove_unused_columns=False, disable_tqdm=not show_progress(),
+        **training_arguments(compute))
     collator = BatchSeededMasking(tokenizer, cfg["mlm_probability"], seed)
     started = time.perf_counter()
     callbacks = [ResumeMasking(collator), *([LiveCurves(curves_dir)] if curves_dir else [])]

@@ -1,0 +1,63 @@
+"""How training runs on the hardware (params `compute`): the number format and the memory knobs, as the Trainer
+takes them. The pretrain, finetune and peft stages all train through these arguments.
+
+On a CPU the defaults change nothing (fp32, every activation kept); on a GPU `precision: auto` trains in bf16 where
+the GPU has it and in fp16 with loss scaling where it has not, and lets fp32 matmuls run as TF32 from Ampere on."""
+import os
+
+import torch
+
+from transfer.schema import UserError
+
+TF32_FROM_CAPABILITY = 8  # Ampere (A100, RTX 30xx) and later have TF32 tensor cores
+
+
+def precision(setting):
+    """params compute.precision made concrete for the machine this runs on: bf16, fp16 or fp32.
+
+    Refuses (UserError) a format the machine cannot train in, so a stage can check it before touching anything."""
+    cuda = torch.cuda.is_available()
+    if setting == "auto":
+        if not cuda:
+            return "fp32"  # bf16 autocast on a CPU without bf16 instructions is slower than fp32
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if setting == "fp16" and not cuda:
+        raise UserError("params.yaml: compute.precision is fp16, which needs a GPU (CUDA) and none is visible here. "
+                        "Use auto (fp32 on a CPU) or bf16 (autocast on the CPU: fast only where it has bf16 "
+                        "instructions).")
+    if setting == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise UserError(f"params.yaml: compute.precision is bf16, which this GPU ({torch.cuda.get_device_name()}) "
+                        "cannot run: it came before Ampere. Use auto or fp16, which trains with loss scaling.")
+    return setting
+
+
+def check(params, config=None):
+    """The early check of params 'compute' against this machine and, given its config, the model."""
+    precision(params["compute"]["precision"])
+    if config is not None and params["compute"]["gradient_checkpointing"]:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+        model_class = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING.get(type(config))
+        if model_class is not None and not model_class.supports_gradient_checkpointing:
+            raise UserError(f"params.yaml: compute.gradient_checkpointing is true, but a {config.model_type!r} "
+                            "model does not support it in transformers. Set it to false (and lower "
+                            "train.batch_size, raising train.gradient_accumulation_steps, to save memory).")
+
+
+def training_arguments(compute):
+    """The TrainingArguments keywords for params' compute section."""
+    chosen = precision(compute["precision"])
+    if chosen == "fp32":
+        # TrainingArguments(bf16=True) leaves ACCELERATE_MIXED_PRECISION=bf16 in the environment and no later one
+        # clears it: a fp32 run after a bf16 one in the same process would train in bf16
+        os.environ["ACCELERATE_MIXED_PRECISION"] = "no"
+    cuda = torch.cuda.is_available()
+    tf32 = cuda and chosen != "fp32" and torch.cuda.get_device_capability()[0] >= TF32_FROM_CAPABILITY
+    checkpointing = compute["gradient_checkpointing"]
+    return {
+        "bf16": chosen == "bf16", "fp16": chosen == "fp16", "use_cpu": not cuda,
+        "tf32": True if tf32 else None,  # None leaves PyTorch's own setting alone (fp32 asked for: no TF32)
+        "gradient_checkpointing": checkpointing,
+        # non-reentrant: the frozen embeddings of a LoRA or adapter model need no grad for the layers to get one
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if checkpointing else None,
+    }
