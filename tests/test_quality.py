@@ -91,7 +91,9 @@ def test_class_weights_are_balanced_for_uneven_classes_only():
     assert torch.allclose(weights, torch.tensor([100 / (2 * 90), 100 / (2 * 10)]))
 
 
-def test_weighted_loss_is_the_weighted_cross_entropy(tiny_bert):
+def test_weighted_loss_is_each_rows_cross_entropy_times_its_class_weight_over_the_steps_rows(tiny_bert):
+    """Averaged over the rows of the optimizer step (the Trainer's num_items_in_batch where it counts them, else this
+    batch's), so batches accumulated into one step train as the bigger batch (tests/test_compute.py)."""
     from transformers import AutoModelForSequenceClassification, TrainingArguments
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
@@ -102,11 +104,14 @@ def test_weighted_loss_is_the_weighted_cross_entropy(tiny_bert):
     model.eval()
     with torch.no_grad():
         logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
-        weighted = ResumableTrainer(model=model, args=args, class_weights=weights).compute_loss(model, dict(inputs))
+        trainer = ResumableTrainer(model=model, args=args, class_weights=weights)
+        weighted = trainer.compute_loss(model, dict(inputs))
+        over_six_rows = trainer.compute_loss(model, dict(inputs), num_items_in_batch=torch.tensor(6))
         plain = ResumableTrainer(model=model, args=args).compute_loss(model, dict(inputs))
     per_row = torch.nn.functional.cross_entropy(logits, inputs["labels"], reduction="none")
     row_weights = weights[inputs["labels"]]
-    assert torch.allclose(weighted, (per_row * row_weights).sum() / row_weights.sum(), atol=1e-6)
+    assert torch.allclose(weighted, (per_row * row_weights).sum() / 3, atol=1e-6)
+    assert torch.allclose(over_six_rows, (per_row * row_weights).sum() / 6, atol=1e-6)
     assert torch.allclose(plain, per_row.mean(), atol=1e-6)
     assert not torch.allclose(weighted, plain, atol=1e-3), "the weights change the loss"
 
