@@ -4,11 +4,10 @@ from pathlib import Path
 import torch
 
 from transfer import modeling
-from transfer.config import run_stage
 from transfer.data import dataset
 from transfer.evaluation import quality
 from transfer.outputs import replaced_together, write_json
-from transfer.training import checkpointing, compute
+from transfer.training import checkpointing, compute, launcher
 from transfer.training.classifier import train_classifier
 
 PREPARED = Path("data/prepared")
@@ -32,15 +31,16 @@ def main(params):
                                        params["finetune"]["learning_rate"], CHECKPOINTS,
                                        curves_dir=CHECKPOINTS / "curves")
     results["warnings"] = quality.guard("finetune", results.pop("val_report"), names, "validation", params["strategy"])
-    with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
-        modeling.save(model, tokenizer, out)
-        write_json(metrics_file, results)
-        write_json(timing_file, timing)
-        (CHECKPOINTS / "curves").rename(curves)
+    if launcher.is_main():  # one process writes, however many trained
+        with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
+            modeling.save(model, tokenizer, out)
+            write_json(metrics_file, results)
+            write_json(timing_file, timing)
+            (CHECKPOINTS / "curves").rename(curves)
     checkpointing.finish(CHECKPOINTS)
     print(f"finetune: val macro-F1 {results['val_macro_f1']:.4f} in {timing['train_seconds']} s")
     quality.announce(results["warnings"], "finetune")
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    launcher.run_stage(main)

@@ -10,11 +10,10 @@ from pathlib import Path
 import torch
 
 from transfer import modeling, strategies
-from transfer.config import run_stage
 from transfer.data import dataset
 from transfer.evaluation import quality
 from transfer.outputs import replaced_together, write_json
-from transfer.training import checkpointing, compute
+from transfer.training import checkpointing, compute, launcher
 from transfer.training.classifier import train_classifier
 
 PREPARED = Path("data/prepared")
@@ -44,11 +43,12 @@ def main(params):
     results["warnings"] = quality.guard("peft", results.pop("val_report"), names, "validation", strategy)
     timing.update(plan.metrics)  # what the strategy measured before the task training: a duration
     timing["peft_train_seconds"] = round(timing["train_seconds"] + timing.get("domain_adapter_seconds", 0), 1)
-    with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
-        strategies.save_adapted(plan.model, strategy, tokenizer, out)
-        write_json(metrics_file, {"strategy": strategy, **results})
-        write_json(timing_file, timing)
-        (CHECKPOINTS / "curves").rename(curves)
+    if launcher.is_main():  # one process writes, however many trained
+        with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
+            strategies.save_adapted(plan.model, strategy, tokenizer, out)
+            write_json(metrics_file, {"strategy": strategy, **results})
+            write_json(timing_file, timing)
+            (CHECKPOINTS / "curves").rename(curves)
     checkpointing.finish(CHECKPOINTS)
     print(f"peft ({strategy}): val macro-F1 {results['val_macro_f1']:.4f}, "
           f"{results['trainable_fraction']:.2%} of parameters trained")
@@ -56,4 +56,4 @@ def main(params):
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    launcher.run_stage(main)

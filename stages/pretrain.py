@@ -6,10 +6,9 @@ from pathlib import Path
 import torch
 
 from transfer import modeling, strategies
-from transfer.config import run_stage
 from transfer.data import dataset, vocabulary
 from transfer.outputs import replaced_together, write_json
-from transfer.training import checkpointing
+from transfer.training import checkpointing, launcher
 from transfer.training.masked_lm import fixed_masked_batches, masked_lm_loss, train_masked_lm
 from transfer.training.tracking import live_files
 
@@ -34,11 +33,12 @@ def main(params):
         torch.manual_seed(seed)  # the added tokens' rows are drawn
         encoder = modeling.load_encoder(source, trust)
         added = vocabulary.extend(tokenizer, encoder, domain_texts, cfg, max_unknown_rate)
-        with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
-            modeling.save(encoder, tokenizer, out)
-            write_json(metrics_file, {"enabled": False, "vocabulary": added})
-            write_json(timing_file, {"train_seconds": 0.0})
-            live_files(curves).end()  # no curve, but the declared folder exists
+        if launcher.is_main():
+            with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
+                modeling.save(encoder, tokenizer, out)
+                write_json(metrics_file, {"enabled": False, "vocabulary": added})
+                write_json(timing_file, {"train_seconds": 0.0})
+                live_files(curves).end()  # no curve, but the declared folder exists
         checkpointing.finish(CHECKPOINTS)
         return
     texts = parts[dataset.POOL]["text"].tolist()
@@ -64,15 +64,16 @@ def main(params):
     missing, unexpected = encoder.load_state_dict(model.base_model.state_dict(), strict=False)
     if unexpected or any("pooler" not in key for key in missing):
         raise RuntimeError(f"encoder weights did not line up: missing {missing}, unexpected {unexpected}")
-    with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
-        modeling.save(encoder, tokenizer, out)
-        write_json(metrics_file, {
-            "enabled": True, "train_texts": len(texts), "eval_texts": len(held_out), "steps": cfg["max_steps"],
-            "mlm_loss_before": loss_before, "mlm_loss_after": loss_after,
-            "perplexity_before": math.exp(loss_before), "perplexity_after": math.exp(loss_after),
-            "vocabulary": added})
-        write_json(timing_file, {"train_seconds": round(train_seconds, 1)})
-        (CHECKPOINTS / "curves").rename(curves)
+    if launcher.is_main():  # one process writes, however many trained
+        with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
+            modeling.save(encoder, tokenizer, out)
+            write_json(metrics_file, {
+                "enabled": True, "train_texts": len(texts), "eval_texts": len(held_out), "steps": cfg["max_steps"],
+                "mlm_loss_before": loss_before, "mlm_loss_after": loss_after,
+                "perplexity_before": math.exp(loss_before), "perplexity_after": math.exp(loss_after),
+                "vocabulary": added})
+            write_json(timing_file, {"train_seconds": round(train_seconds, 1)})
+            (CHECKPOINTS / "curves").rename(curves)
     checkpointing.finish(CHECKPOINTS)
     if added["added_tokens"]:
         print(f"pretrain: added {added['added_tokens']} tokens to the vocabulary: unknown tokens "
@@ -81,4 +82,4 @@ def main(params):
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    launcher.run_stage(main)

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,17 +16,21 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 TRAINING_STAGES = {"prepare", "baseline", "pretrain", "finetune"}
 DOWNSTREAM = {"peft", "evaluate", "export"}
+QUEUE_STATES = ("Queued", "Running", "Success", "Failed")  # the last column of `dvc queue status`
 CHECK = {"check"}  # reads every param: it re-runs on any change, in seconds, and re-runs nothing by itself
 # The comparison view README.md documents (copied here so a change to either is noticed).
 COMPARISON_COLUMNS = ["--drop", ".*", "--keep", r"^(Experiment|params\.yaml:strategy|peft\.macro_f1|"
                       r"peft_macro_f1_vs_finetune|peft_trainable_fraction|peft_train_seconds|test_accuracy\.onnx_int8)$"]
 
 
+def dvc_env():
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t"}
+
+
 def run(args, cwd, expect_success=True):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, env=dvc_env(), capture_output=True, text=True)
     if not expect_success:
         assert result.returncode != 0, f"{' '.join(args)} succeeded:\n{result.stdout[-3000:]}"
         return result.stdout + result.stderr
@@ -298,11 +303,27 @@ def test_a_data_file_added_or_edited_in_data_raw_reruns_prepare(repo):
     assert "up to date" in run(["dvc", "status"], folder).lower()
 
 
-def test_queued_sweep_over_strategies_reads_as_a_table(repo):
+def test_a_sweep_queued_to_two_workers_runs_side_by_side_and_reads_as_a_table(repo):
+    """README.md, scaling out: `dvc exp run --queue` a sweep over strategies, `dvc queue start -j 2`; both run at
+    once (each worker on its own GPU where there are GPUs: transfer/training/launcher.py), then one table."""
     folder, _ = repo
     run(["dvc", "exp", "run", "--queue", "-S", "strategy=prompt,adapter_stack"], folder)
-    output = run(["dvc", "exp", "run", "--run-all", "--jobs", "1"], folder)
-    assert "Failed" not in output
+    log = folder / ".dvc/tmp/queue-start.log"
+    with open(log, "w") as out:  # not a pipe, as run() gives: it would wait for the workers, who inherit it
+        started = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=folder, env=dvc_env(), stdout=out,
+                                 stderr=subprocess.STDOUT)
+    assert started.returncode == 0, log.read_text()
+    most_running, deadline = 0, time.monotonic() + 900
+    while True:
+        tasks = [line.split() for line in run(["dvc", "queue", "status"], folder).splitlines()[1:]]
+        states = [cells[-1] for cells in tasks if len(cells) >= 3 and cells[-1] in QUEUE_STATES]
+        most_running = max(most_running, states.count("Running"))
+        if "Queued" not in states and "Running" not in states:
+            break
+        assert time.monotonic() < deadline, f"the queue is still running: {states}"
+        time.sleep(1)
+    assert states.count("Success") == 2 and "Failed" not in states, states
+    assert most_running == 2, "the two workers never ran at the same time"
     table = run(["dvc", "exp", "show", "--md", "--no-pager"], folder)
     for strategy in ("prompt", "adapter_stack"):
         assert strategy in table

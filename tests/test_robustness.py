@@ -151,6 +151,10 @@ CHECK_CASES = {
                       "compute.precision is fp16, which needs a GPU (CUDA) and none is visible here"),
     "prefix-with-gradient-checkpointing": ({"strategy": "prefix", "compute.gradient_checkpointing": True}, None,
                                            "strategy prefix cannot train with compute.gradient_checkpointing"),
+    "batch-not-split-by-processes": ({"launcher.processes": 3}, None,
+                                     "must split evenly among launcher.processes (3)"),
+    "gradual-under-two-processes": ({"strategy": "gradual", "launcher.processes": 2}, None,
+                                    "strategy gradual unfreezes layers while it trains"),
 }
 
 

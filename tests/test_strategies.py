@@ -1,4 +1,6 @@
 """The mechanics of each strategy on a tiny random BERT: what trains, what stays, what takes part."""
+import json
+
 import pytest
 import torch
 
@@ -302,3 +304,15 @@ def test_scratch_keeps_the_architecture_and_drops_the_pretrained_weights(tiny_be
     assert not any(torch.equal(weights[name], reference[name]) for name in encoder)
     loss_before, loss_after = train_steps(model, batch(tiny_bert), lr=1e-3)
     assert loss_after < loss_before
+
+
+@pytest.mark.parametrize("strategy", ["lora", "ia3"])
+def test_the_saved_adapter_config_lists_its_modules_in_one_order_whatever_the_hash_seed(tiny_bert, tmp_path, strategy):
+    """peft keeps target_modules as a set, which a JSON file lists in the order of Python's per-process string hash:
+    the same run wrote another adapter_config.json (and models/peft another DVC hash) half of the time."""
+    params = default_params()
+    params[strategy]["target_modules"] = ["value", "query", "key", "dense"]
+    model = strategies.prepare(strategy, tiny_classifier(tiny_bert), params).model
+    strategies.save_adapted(model, strategy, load_tokenizer(str(tiny_bert)), tmp_path / "peft")
+    saved = json.loads((tmp_path / "peft/trained/adapter_config.json").read_text())
+    assert saved["target_modules"] == ["dense", "key", "query", "value"]

@@ -75,6 +75,7 @@ SCHEMA = {
         "gradient_accumulation_steps": POSITIVE_INT,
     },
     "compute": {"precision": choice(*PRECISIONS), "gradient_checkpointing": BOOL},
+    "launcher": {"processes": POSITIVE_INT, "claim_gpus": BOOL},
     "finetune": {"epochs": POSITIVE_INT, "learning_rate": LEARNING_RATE},
     "peft": {"epochs": POSITIVE_INT},
     **strategies.sections(),  # each strategy's own section, from its module (transfer/strategies/<name>.py)

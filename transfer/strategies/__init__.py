@@ -148,6 +148,10 @@ def save_adapted(model, strategy, tokenizer, out_dir):
     out_dir = Path(out_dir)
     trained, adapters = out_dir / "trained", None
     if isinstance(model, PeftModel):
+        for config in model.peft_config.values():  # peft holds these as sets: saved in hash order, another each run
+            for key in ("target_modules", "feedforward_modules"):
+                if isinstance(getattr(config, key, None), set):
+                    setattr(config, key, sorted(getattr(config, key)))
         model.save_pretrained(trained, safe_serialization=True)
     elif _injection.uses_adapters_library(model):
         trained.mkdir(parents=True)

@@ -30,6 +30,7 @@ def train_domain_adapter(base_dir, tokenizer, texts, params, out_dir):
 
     from transfer.strategies import _injection
     from transfer.strategies._layerwise import head_parameters
+    from transfer.training import launcher
     from transfer.training.masked_lm import train_masked_lm
 
     cfg = params["adapter_stack"]
@@ -41,10 +42,12 @@ def train_domain_adapter(base_dir, tokenizer, texts, params, out_dir):
     for parameter in head_parameters(model):
         parameter.requires_grad = True
     seconds = train_masked_lm(model, tokenizer, texts, params["pretrain"], params["compute"], params["seed"],
-                              Path(out_dir) / "mlm",
-                              cfg["domain_steps"], cfg["domain_learning_rate"], params["checkpoints"]["every_steps"])
-    model.save_adapter(str(Path(out_dir) / _injection.DOMAIN), _injection.DOMAIN, with_head=False,
-                       use_safetensors=True)
+                              Path(out_dir) / "mlm", cfg["domain_steps"], cfg["domain_learning_rate"],
+                              params["checkpoints"]["every_steps"])
+    if launcher.is_main():  # the task model of every process loads it from there
+        model.save_adapter(str(Path(out_dir) / _injection.DOMAIN), _injection.DOMAIN, with_head=False,
+                           use_safetensors=True)
+    launcher.barrier()
     return seconds
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from transfer.outputs import read_json, write_json
+from transfer.training import launcher
 
 RUN_FILE = "run.json"
 ROOT = Path(__file__).parents[2]
@@ -47,14 +48,16 @@ def run_identity(params, inputs):
 
 def claim(folder, identity, resume=True):
     """Make `folder` this run's: keep its checkpoints when the same run wrote them (and `resume` is on),
-    else empty it. Returns True when there is something to resume from."""
+    else empty it. Returns True when there is something to resume from.
+    Under the launcher's N processes rank 0 does it, and the others wait for it and then look."""
     folder = Path(folder)
-    run_file = folder / RUN_FILE
-    if resume and run_file.is_file() and read_json(run_file) == identity:
-        return last_complete_checkpoint(folder) is not None
-    _empty(folder)
-    write_json(run_file, identity, exact=True)  # compared as it is on the next run
-    return False
+    if launcher.is_main():
+        run_file = folder / RUN_FILE
+        if not (resume and run_file.is_file() and read_json(run_file) == identity):
+            _empty(folder)
+            write_json(run_file, identity, exact=True)  # compared as it is on the next run
+    launcher.barrier()
+    return last_complete_checkpoint(folder) is not None
 
 
 def _step(checkpoint):
@@ -65,12 +68,14 @@ def _step(checkpoint):
 
 
 def last_complete_checkpoint(folder):
-    """The newest checkpoint-N folder the Trainer finished writing, or None; half-written ones are removed."""
+    """The newest checkpoint-N folder the Trainer finished writing, or None; half-written ones are removed
+    (by rank 0 alone, under the launcher)."""
     folder = Path(folder)
     complete = []
     for checkpoint in folder.glob("checkpoint-*"):
         if _step(checkpoint) is None:
-            shutil.rmtree(checkpoint, ignore_errors=True)
+            if launcher.is_main():
+                shutil.rmtree(checkpoint, ignore_errors=True)
         else:
             complete.append(checkpoint)
     return str(max(complete, key=_step)) if complete else None
@@ -92,7 +97,9 @@ def resume_point(folder):
 
 def finish(folder):
     """Remove the folder once the stage's outputs are in place: the checkpoints are no longer needed."""
-    shutil.rmtree(folder, ignore_errors=True)
+    launcher.barrier()  # every process is past its last read of a checkpoint
+    if launcher.is_main():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class SaveEvery(TrainerCallback):

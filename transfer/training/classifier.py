@@ -11,7 +11,8 @@ from transfer.data.dataset import to_dataset
 from transfer.modeling import count_parameters
 from transfer.tasks.classification import classification_report, trainer_metrics
 from transfer.training.checkpointing import SaveEvery, resume_point
-from transfer.training.compute import training_arguments as compute_arguments
+from transfer.training.compute import across_processes, training_arguments as compute_arguments
+from transfer.training.launcher import per_process, plain_cpu
 from transfer.training.tracking import LiveCurves, show_progress
 
 UNEVEN = 1.5  # largest / smallest class above this: the classes count as uneven
@@ -34,8 +35,9 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     order learned (README.md, your own vocabulary). Only the longest batch keeps its place at the front, so that a batch too big
     for the device fails at the first step."""
 
-    def __init__(self, sampler, seed):
-        super().__init__(sampler.batch_size, lengths=sampler.lengths)
+    def __init__(self, sampler, seed, processes=1):
+        # a batch here is one optimizer step's rows, of every process: the processes split each one, in order
+        super().__init__(sampler.batch_size * processes, lengths=sampler.lengths)
         self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch):
@@ -79,23 +81,23 @@ class ResumableTrainer(Trainer):
         losses = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, reduction="none")
         loss = (losses * self.class_weights.to(losses.device)[labels]).sum()
         loss = loss / (num_items_in_batch if num_items_in_batch is not None else len(labels))
-        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.n_gpu <= 1:
-            loss = loss * self.accelerator.num_processes  # num_items counts every process's rows; DDP averages
+        loss = across_processes(loss, self, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
         if isinstance(sampler, LengthGroupedSampler):
-            return EpochSeededLengthGroupedSampler(sampler, self.args.data_seed)
+            return EpochSeededLengthGroupedSampler(sampler, self.args.data_seed, self.accelerator.num_processes)
         return sampler  # a RandomSampler, which accelerate already reseeds per epoch
 
 
 def training_arguments(output_dir, train_cfg, compute, epochs, learning_rate, seed):
     from transformers import TrainingArguments
 
-    return TrainingArguments(
+    return plain_cpu(TrainingArguments(
         output_dir=str(output_dir), num_train_epochs=epochs, learning_rate=learning_rate, seed=seed, data_seed=seed,
-        per_device_train_batch_size=train_cfg["batch_size"], per_device_eval_batch_size=train_cfg["eval_batch_size"],
+        per_device_train_batch_size=per_process(train_cfg["batch_size"]),
+        per_device_eval_batch_size=train_cfg["eval_batch_size"],
         gradient_accumulation_steps=train_cfg["gradient_accumulation_steps"],
         weight_decay=train_cfg["weight_decay"], warmup_ratio=train_cfg["warmup_ratio"],
         max_grad_norm=train_cfg["max_grad_norm"], group_by_length=train_cfg["group_by_length"],
@@ -103,7 +105,7 @@ def training_arguments(output_dir, train_cfg, compute, epochs, learning_rate, se
         metric_for_best_model="macro_f1", greater_is_better=True, save_safetensors=True,
         restore_callback_states_from_checkpoint=True,  # early stopping's patience count survives a resume
         logging_steps=train_cfg["logging_steps"], logging_first_step=True, report_to=[], disable_tqdm=not show_progress(),
-        **compute_arguments(compute))
+        **compute_arguments(compute)))
 
 
 def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, output_dir, param_groups=None,

@@ -32,8 +32,11 @@ def precision(setting):
 
 
 def check(params, config=None):
-    """The early check of params 'compute' against this machine and, given its config, the model."""
+    """The early check of params 'compute' and 'launcher' against this machine and, given its config, the model."""
+    from transfer.training import launcher
+
     precision(params["compute"]["precision"])
+    launcher.check(params)
     if config is not None and params["compute"]["gradient_checkpointing"]:
         from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
@@ -42,6 +45,14 @@ def check(params, config=None):
             raise UserError(f"params.yaml: compute.gradient_checkpointing is true, but a {config.model_type!r} "
                             "model does not support it in transformers. Set it to false (and lower "
                             "train.batch_size, raising train.gradient_accumulation_steps, to save memory).")
+
+
+def across_processes(loss, trainer, num_items_in_batch):
+    """A loss divided by the step's num_items_in_batch, which counts the rows (or tokens) of every process, made the
+    share of this process: DDP averages the processes' gradients, so together they give the whole step's mean."""
+    if num_items_in_batch is not None and trainer.args.average_tokens_across_devices and trainer.args.n_gpu <= 1:
+        return loss * trainer.accelerator.num_processes
+    return loss
 
 
 def training_arguments(compute):

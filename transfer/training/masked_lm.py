@@ -5,7 +5,8 @@ import torch
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback
 
 from transfer.training.checkpointing import resume_point
-from transfer.training.compute import training_arguments
+from transfer.training.compute import across_processes, training_arguments
+from transfer.training.launcher import per_process, plain_cpu
 from transfer.training.tracking import LiveCurves, show_progress
 
 
@@ -78,8 +79,7 @@ class MaskedLMTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with self.accelerator.autocast():
             loss = masked_positions_loss(model, inputs, num_items_in_batch)
-        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.n_gpu <= 1:
-            loss = loss * self.accelerator.num_processes  # num_items counts every process's tokens; DDP averages
+        loss = across_processes(loss, self, num_items_in_batch)
         return (loss, None) if return_outputs else loss
 
 
@@ -115,13 +115,13 @@ def train_masked_lm(model, tokenizer, texts, cfg, compute, seed, output_dir, max
     from transformers import TrainingArguments
 
     train_set = Dataset.from_dict(dict(tokenizer(list(texts), truncation=True, max_length=cfg["max_length"])))
-    args = TrainingArguments(
+    args = plain_cpu(TrainingArguments(
         output_dir=str(output_dir), max_steps=max_steps, learning_rate=learning_rate,
-        per_device_train_batch_size=cfg["batch_size"], gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
+        per_device_train_batch_size=per_process(cfg["batch_size"]), gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
         warmup_ratio=cfg["warmup_ratio"], seed=seed, data_seed=seed,
         save_strategy="steps", save_steps=save_every, save_total_limit=1, save_safetensors=True, report_to=[],
         logging_steps=max(1, max_steps // 20), remove_unused_columns=False, disable_tqdm=not show_progress(),
-        **training_arguments(compute))
+        **training_arguments(compute)))
     collator = BatchSeededMasking(tokenizer, cfg["mlm_probability"], seed)
     started = time.perf_counter()
     callbacks = [ResumeMasking(collator), *([LiveCurves(curves_dir)] if curves_dir else [])]
