@@ -39,7 +39,8 @@ def cpu():
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                 platform.processor())
     return {"name": name, "machine": platform.machine(), "threads": torch.get_num_threads(),
-            "avx2": "avx2" in flags, "avx512_vnni": "avx512_vnni" in flags, "amx_int8": "amx_int8" in flags}
+            "avx2": "avx2" in flags, "avx512_vnni": "avx512_vnni" in flags, "amx_int8": "amx_int8" in flags,
+            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
 
 
 def timed(call, seconds):

@@ -17,10 +17,9 @@ import time
 import torch
 
 from bench.inference import cpu
-from bench.throughput import ROOT, ratio, run_apart
+from bench.throughput import ROOT, imdb_shuffled, ratio, run_apart
 from transfer import modeling
 from transfer.config import load_params
-from transfer.data import dataset
 from transfer.outputs import write_json
 from transfer.tasks.classification import classification_report
 
@@ -31,10 +30,7 @@ VALIDATION, TEST = 200, 500
 def one(args):
     from transfer.training.classifier import train_classifier
 
-    frame, _ = dataset.clean(dataset.fetch_imdb(ROOT / "data/downloads"), 1, 20000)
-    frame = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
-    names = sorted(frame["label"].unique())
-    frame["label"] = frame["label"].map(names.index)
+    frame, names = imdb_shuffled()
     parts = {"validation": frame.head(VALIDATION), "test": frame.iloc[VALIDATION:VALIDATION + TEST],
              "train": frame.iloc[VALIDATION + TEST:VALIDATION + TEST + args.rows]}
     params = load_params(ROOT / "params.yaml")
@@ -50,17 +46,12 @@ def one(args):
                                      truncation=params["train"]["truncation"])
     test_seconds = time.perf_counter() - started
     test = classification_report(parts["test"]["label"].to_numpy(), probabilities.argmax(axis=1), names)
-    print(json.dumps({"precision": args.precision, "rows": args.rows, "train_seconds": timing["train_seconds"],
+    print(json.dumps({"precision": args.precision, "rows": args.rows, "max_length": params["train"]["max_length"],
+                      "train_seconds": timing["train_seconds"],
                       "samples_per_second": round(args.rows / timing["train_seconds"], 2),
                       "peak_memory_mb": timing["peak_memory_mb"], "val_macro_f1": round(results["val_macro_f1"], 4),
                       "val_loss": round(results["val_loss"], 4), "test_macro_f1": round(test["macro_f1"], 4),
                       "test_seconds": round(test_seconds, 1)}))
-
-
-def cpu_bf16():
-    """Whether this CPU computes bf16 matmuls natively, as PyTorch's kernels see it."""
-    return {"avx512_bf16": bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()),
-            "amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())}
 
 
 def main():
@@ -72,7 +63,7 @@ def main():
     if args.one:
         return one(args)
     runs = {name: run_apart("bench.precision", rows=args.rows, precision=name) for name in ("fp32", "bf16")}
-    result = {"cpu": {**cpu(), **cpu_bf16()}, "torch": torch.__version__, "epochs": 1, "max_length": 128,
+    result = {"cpu": cpu(), "torch": torch.__version__, "epochs": 1,
               "runs": runs, "bf16_speedup": ratio(runs["fp32"]["train_seconds"], runs["bf16"]["train_seconds"]),
               "test_macro_f1_change": round(runs["bf16"]["test_macro_f1"] - runs["fp32"]["test_macro_f1"], 4),
               "command": f"python -m bench.precision --rows {args.rows}"}
@@ -84,9 +75,9 @@ def main():
 def markdown(r):
     c = r["cpu"]
     lines = [f"`{r['command']}` on {c['name']} ({c['threads']} threads; AVX-512 BF16: "
-             f"{'yes' if c['avx512_bf16'] else 'no'}, AMX: {'yes' if c['amx'] else 'no'}), torch {r['torch']}: the "
+             f"{'yes' if c['avx512_bf16'] else 'no'}, AMX: {'yes' if c['amx_bf16'] else 'no'}), torch {r['torch']}: the "
              f"finetune stage's training, {r['runs']['fp32']['rows']} IMDB rows, {r['epochs']} epoch, "
-             f"{r['max_length']} tokens.", "",
+             f"{r['runs']['fp32']['max_length']} tokens.", "",
              "| precision | train s | samples/s | peak MB | val macro-F1 | val loss | test macro-F1 (fp32 predict) |",
              "|---|---|---|---|---|---|---|"]
     for name, run in r["runs"].items():

