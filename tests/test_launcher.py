@@ -132,7 +132,7 @@ def test_a_killed_two_process_run_resumes_through_dvc_repro(project, tmp_path):
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["dvc", "repro", "--single-item", "finetune"], folder)
     uninterrupted = (folder / "metrics/finetune.json").read_bytes()
-    kill_after_checkpoint(folder, "finetune", 12, signal.SIGTERM)
+    kill_after_checkpoint(folder, "finetune", 12, signal.SIGTERM, processes=2)
     assert not (folder / "models/finetuned").exists()
     output = run(["dvc", "repro", "--force", "--single-item", "finetune"], folder)  # as killed: not from the run cache
     assert "resuming from checkpoints/finetune/checkpoint-12" in output

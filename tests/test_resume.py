@@ -15,6 +15,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, tiny_params, toy_texts
+from transfer.training import checkpointing
 from tests.test_pipeline import run, stages_run
 
 STEPS_PER_EPOCH = 20  # 160 training rows of the toy data, batches of 8
@@ -69,13 +70,14 @@ def written_whole(state):
         return False
 
 
-def kill_after_checkpoint(folder, stage, step, signum, command=None):
-    """Run `dvc repro --force <stage>` (or `command`); once the Trainer has saved checkpoint-<step>, signal the
-    whole process group."""
+def kill_after_checkpoint(folder, stage, step, signum, command=None, processes=1):
+    """Run `dvc repro --force <stage>` (or `command`); once the Trainer has saved checkpoint-<step> (rank 0's
+    files and every process's random state), signal the whole process group."""
     process = start(command or ["dvc", "repro", "--force", "--single-item", stage], folder)
     checkpoint = folder / "checkpoints" / stage / f"checkpoint-{step}"
     deadline = time.monotonic() + 300
-    while not written_whole(checkpoint / "trainer_state.json"):  # the Trainer writes it last
+    while not (written_whole(checkpoint / "trainer_state.json")  # rank 0 writes it last
+               and checkpointing.random_states_whole(checkpoint, processes)):
         assert process.poll() is None, f"the run ended before checkpoint-{step}:\n{process.stdout.read()[-3000:]}"
         assert time.monotonic() < deadline
         time.sleep(0.002)
@@ -218,3 +220,24 @@ def test_curves_are_cut_back_to_the_checkpoint_and_a_torn_last_row_dropped(tmp_p
     loss.write_text("step\tloss\n1\t0.7\n5\t0.6\n10\t0.5\n1")  # killed while writing the step-15 row
     drop_points_after(tmp_path, 5)
     assert loss.read_text() == "step\tloss\n1\t0.7\n5\t0.6\n"
+
+
+def test_a_checkpoint_whose_other_rank_was_cut_short_is_not_resumed(tmp_path, monkeypatch):
+    """Under the launcher rank 0 writes trainer_state.json while rank 1 may still be writing its random state: a
+    kill then leaves that file cut short (seen under load: the resumed run failed with EOFError). Such a
+    checkpoint is removed and the one before it resumed."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    for step in (3, 6):
+        checkpoint = tmp_path / f"checkpoint-{step}"
+        checkpoint.mkdir()
+        (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        for rank in (0, 1):
+            torch.save({"cpu": torch.get_rng_state()}, checkpoint / f"rng_state_{rank}.pth")
+    whole = (tmp_path / "checkpoint-6/rng_state_1.pth").read_bytes()
+    assert checkpointing.last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-6")
+    (tmp_path / "checkpoint-6/rng_state_1.pth").write_bytes(whole[:len(whole) // 2])
+    assert checkpointing.last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
+    assert not (tmp_path / "checkpoint-6").exists(), "rank 0 removes the cut-short checkpoint"
+    (tmp_path / "checkpoint-3/rng_state_1.pth").unlink()  # a rank that had not begun to write
+    assert checkpointing.last_complete_checkpoint(tmp_path) is None

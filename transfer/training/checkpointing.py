@@ -11,6 +11,7 @@ only when it is the same run, and starts afresh otherwise. After success the fol
 import hashlib
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -67,13 +68,30 @@ def _step(checkpoint):
         return None  # the Trainer writes trainer_state.json last: without it the save was cut short
 
 
+def random_states_whole(checkpoint, processes=None):
+    """Whether every process's random state file is there and whole. Under the launcher each process writes its
+    own (rng_state_<rank>.pth) while rank 0 writes the rest, with nothing waiting for it: a kill can leave rank 0's
+    trainer_state.json complete and another rank's file cut short, on which the resumed run would fail. torch.save
+    writes a zip archive, whose directory comes last: a cut-short file has none."""
+    processes = processes or launcher.world_size()
+    names = ["rng_state.pth"] if processes == 1 else [f"rng_state_{rank}.pth" for rank in range(processes)]
+    for name in names:
+        try:
+            with zipfile.ZipFile(Path(checkpoint) / name) as archive:
+                if archive.testzip() is not None:
+                    return False
+        except (OSError, zipfile.BadZipFile):
+            return False
+    return True
+
+
 def last_complete_checkpoint(folder):
     """The newest checkpoint-N folder the Trainer finished writing, or None; half-written ones are removed
     (by rank 0 alone, under the launcher)."""
     folder = Path(folder)
     complete = []
     for checkpoint in folder.glob("checkpoint-*"):
-        if _step(checkpoint) is None:
+        if _step(checkpoint) is None or not random_states_whole(checkpoint):
             if launcher.is_main():
                 shutil.rmtree(checkpoint, ignore_errors=True)
         else:
