@@ -4,6 +4,11 @@
     python bench/strategies.py --max-train 200 --scratch-labels 2000 --name low_resource
     python bench/strategies.py --strategies lora,frozen --name quick
     python bench/strategies.py --strategies frozen --update    # re-measure one row of bench/results/strategies.json
+    python bench/strategies.py --seeds 42,43,44     # each strategy over 3 seeds: mean, 95% interval, significance
+
+Over several seeds a row holds each run, the mean test macro-F1 with its 95% t-interval, and Welch's t-test of the
+difference to the full fine-tune's runs (significant: p < 0.05). The seed sets the head's initial weights, the batch
+order, dropout and the masking; the prepared split and the pretrained encoder are the pipeline's, the same for all.
 
 Needs data/prepared and models/pretrained (`dvc repro pretrain`). Each strategy trains exactly as the peft
 stage would (same params, seed, Trainer) and is scored on the test split. Results go to bench/results/<name>.json
@@ -24,16 +29,19 @@ import torch  # noqa: E402
 from transfer import modeling, strategies  # noqa: E402
 from transfer.config import load_params  # noqa: E402
 from transfer.data import dataset  # noqa: E402
+from transfer.evaluation import intervals  # noqa: E402
 from transfer.tasks.classification import classification_report  # noqa: E402
 from transfer.training.classifier import train_classifier  # noqa: E402
 
 PRETRAINED = ROOT / "models/pretrained"
 FULL = "full fine-tune"
+RUN_KEYS = ("seed", "test_macro_f1", "test_accuracy", "val_macro_f1", "train_seconds", "domain_adapter_seconds",
+            "epochs_run", "peak_memory_mb")
 
 
 def run_one(name, params, parts, names, tokenizer, train_rows):
     torch.manual_seed(params["seed"])
-    base = modeling.load_classifier(PRETRAINED, names)
+    base = modeling.load_classifier(PRETRAINED, names, pooling=params["train"]["pooling"])
     if name == FULL:
         plan, epochs, lr = strategies.Plan(base), params["finetune"]["epochs"], params["finetune"]["learning_rate"]
     else:
@@ -52,7 +60,8 @@ def run_one(name, params, parts, names, tokenizer, train_rows):
     probabilities = modeling.predict(plan.model, tokenizer, test["text"], params["train"]["max_length"],
                                      params["evaluate"]["batch_size"], params["train"]["truncation"])
     report = classification_report(test["label"].to_numpy(), probabilities.argmax(axis=1), names)
-    return {"strategy": name, "train_rows": len(run_parts["train"]), **summary, **timing, **plan.metrics,
+    return {"strategy": name, "seed": params["seed"], "train_rows": len(run_parts["train"]), **summary, **timing,
+            **plan.metrics,
             "test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"],
             "test_seconds": round(time.perf_counter() - started, 1)}
 
@@ -62,17 +71,44 @@ def total_train_seconds(result):
     return result["train_seconds"] + result.get("domain_adapter_seconds", 0)
 
 
+def aggregate(name, runs):
+    """One strategy's runs (one per seed) as its table row: the means, test macro-F1's 95% interval, each run."""
+    f1 = intervals.summary([run["test_macro_f1"] for run in runs])
+    return {"strategy": name, "train_rows": runs[0]["train_rows"], "seeds": [run["seed"] for run in runs],
+            "trainable_params": runs[0]["trainable_params"], "trainable_fraction": runs[0]["trainable_fraction"],
+            "train_seconds": round(sum(map(total_train_seconds, runs)) / len(runs), 1),
+            "test_macro_f1": f1["mean"], "test_macro_f1_ci95": f1["ci95"],
+            "test_accuracy": sum(run["test_accuracy"] for run in runs) / len(runs),
+            "runs": [{key: run[key] for key in RUN_KEYS if key in run} for run in runs]}
+
+
+def compare_to_full(results):
+    """Each row's test macro-F1 against the full fine-tune's, over their seeds (Welch's t-test)."""
+    full = next((r for r in results if r["strategy"] == FULL), None)
+    for row in results:
+        if full is not None and row is not full:
+            reference = [run["test_macro_f1"] for run in full.get("runs", [full])]
+            versus = intervals.summary([run["test_macro_f1"] for run in row.get("runs", [row])], reference)
+            row["vs_full"] = {key: versus[key] for key in ("difference", "p_value", "significant")}
+    return results
+
+
 def table(results):
     full = next((r for r in results if r["strategy"] == FULL), None)
-    lines = ["| strategy | labels | trainable params | fraction | train s | test macro-F1 | vs full FT | test acc |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| strategy | labels | trainable params | fraction | train s | test macro-F1, mean ± 95% interval | "
+             "vs full FT | difference significant (p) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
-        seconds = total_train_seconds(r)
         ratio = f"{r['test_macro_f1'] / full['test_macro_f1']:.3f}" if full else "-"
+        f1 = intervals.shown({"mean": r["test_macro_f1"], "ci95": r.get("test_macro_f1_ci95"),
+                              "values": r.get("runs") or [r]})
+        versus = r.get("vs_full") or {}
+        if versus.get("p_value") is None:
+            verdict = "-" if r is full else "one seed: not tested"
+        else:
+            verdict = f"{'yes' if versus['significant'] else 'no'} ({versus['p_value']:.3f})"
         mark = " *" if r.get("updated") else ""
         lines.append(f"| {r['strategy']}{mark} | {r['train_rows']} | {r['trainable_params']:,} | "
-                     f"{r['trainable_fraction']:.2%} | {seconds:.0f} | {r['test_macro_f1']:.4f} | {ratio} | "
-                     f"{r['test_accuracy']:.4f} |")
+                     f"{r['trainable_fraction']:.2%} | {r['train_seconds']:.0f} | {f1} | {ratio} | {verdict} |")
     if any(r.get("updated") for r in results):
         lines.append("\n\\* re-measured later, alone, with `--update` (see the commands above)")
     return "\n".join(lines)
@@ -88,8 +124,11 @@ def plot(results, path, title):
     for r in results:
         seconds = total_train_seconds(r)
         label = f"{r['strategy']} ({r['train_rows']})" if r["train_rows"] != results[0]["train_rows"] else r["strategy"]
+        interval = r.get("test_macro_f1_ci95")
         for axis, x in ((left, r["trainable_fraction"]), (right, seconds)):
             axis.scatter(x, r["test_macro_f1"], s=30)
+            if interval:  # the 95% interval over the seeds
+                axis.errorbar(x, r["test_macro_f1"], yerr=(interval[1] - interval[0]) / 2, capsize=3, alpha=0.6)
             axis.annotate(label, (x, r["test_macro_f1"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
     left.set(xscale="log", xlabel="trainable fraction of parameters (log)", ylabel="test macro-F1")
     right.set(xlabel="train seconds (2-core CPU)" if not torch.cuda.is_available() else "train seconds",
@@ -109,6 +148,8 @@ def main():
     parser.add_argument("--scratch-labels", type=int, default=None,
                         help="train scratch on this many labels instead (the low-resource comparison)")
     parser.add_argument("--epochs", type=int, default=None, help="override finetune.epochs and peft.epochs")
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated seeds, each strategy trained once per seed (default: params.yaml's)")
     parser.add_argument("--name", default="strategies")
     parser.add_argument("--update", action="store_true",
                         help="replace these strategies' rows in the existing results instead of starting afresh")
@@ -124,17 +165,22 @@ def main():
     command = f"python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}".strip()
     previous = json.loads(out.read_text()) if args.update and out.exists() else {}
     results, commands = previous.get("results", []), previous.get("commands", []) + [command]
+    seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [params["seed"]]
     for name in args.strategies.split(","):
         train_rows = args.scratch_labels if name == "scratch" and args.scratch_labels else rows
-        print(f"--- {name} on {train_rows} labels", flush=True)
-        result = {**run_one(name, params, parts, names, tokenizer, train_rows), "updated": args.update}
+        runs = []
+        for seed in seeds:
+            print(f"--- {name} on {train_rows} labels, seed {seed}", flush=True)
+            runs.append(run_one(name, {**params, "seed": seed}, parts, names, tokenizer, train_rows))
+            print(json.dumps(runs[-1]), flush=True)
+        result = {**aggregate(name, runs), "updated": args.update}
         index = next((i for i, r in enumerate(results) if r["strategy"] == name), len(results))
         results[index:index + 1] = [result]
+        compare_to_full(results)
         out.write_text(json.dumps({"device": str(modeling.pick_device()), "torch_threads": torch.get_num_threads(),
                                    "commands": commands, "results": results}, indent=2) + "\n")
-        print(json.dumps(result), flush=True)
-    title = (f"{len(results)} runs, {rows} training labels, {params['peft']['epochs']} epochs, "
-             "all-MiniLM-L6-v2 on IMDB")
+    title = (f"{len(results)} strategies, {rows} training labels, {params['peft']['epochs']} epochs, "
+             f"seeds {', '.join(map(str, seeds))}, all-MiniLM-L6-v2 on IMDB")
     plot(results, ROOT / "bench" / f"{args.name}.png", title)
     (ROOT / "bench" / f"{args.name}.md").write_text(
         f"# {title}\n\nMeasured by `{'`, then `'.join(commands)}` on "

@@ -32,8 +32,9 @@ def safetensors_mb(*folders):
 def export_source(source, out, tokenizer):
     """Export the full fine-tune or the strategy's model into `out`; return (PyTorch model, its size in MB).
 
-    A plain model (the fine-tune, or a strategy merged into one) goes through optimum-onnx; prompt and
-    prefix tuning and bottleneck adapters have no plain form, so the assembled model is traced."""
+    A plain model (the fine-tune, or a strategy merged into one) goes through optimum-onnx (traced where it pools
+    the mean); prompt and prefix tuning and bottleneck adapters have no plain form, so the assembled model is
+    traced."""
     if source == "finetune":
         folder = Path("models/finetuned")
     elif read_json(PEFT_DIR / strategies.STRATEGY_FILE)["mergeable"]:

@@ -8,7 +8,7 @@ from transfer.data import dataset
 from transfer.evaluation import quality
 from transfer.outputs import replaced_together, write_json
 from transfer.training import checkpointing, compute, launcher
-from transfer.training.classifier import train_classifier
+from transfer.training.classifier import train_classifier, training_seed
 
 PREPARED = Path("data/prepared")
 PRETRAINED = Path("models/pretrained")
@@ -24,9 +24,10 @@ def main(params):
     parts, names = dataset.load_prepared(PREPARED)
     checkpointing.claim(CHECKPOINTS, checkpointing.run_identity(params, [PREPARED, PRETRAINED]),
                         params["checkpoints"]["resume"])
-    torch.manual_seed(params["seed"])
+    torch.manual_seed(training_seed(params))
     tokenizer = modeling.load_tokenizer(PRETRAINED)
-    model = modeling.load_classifier(PRETRAINED, names, params["model"]["trust_remote_code"])
+    model = modeling.load_classifier(PRETRAINED, names, params["model"]["trust_remote_code"],
+                                     params["train"]["pooling"])
     results, timing = train_classifier(model, tokenizer, parts, params, params["finetune"]["epochs"],
                                        params["finetune"]["learning_rate"], CHECKPOINTS,
                                        curves_dir=CHECKPOINTS / "curves")

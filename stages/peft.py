@@ -14,7 +14,7 @@ from transfer.data import dataset
 from transfer.evaluation import quality
 from transfer.outputs import replaced_together, write_json
 from transfer.training import checkpointing, compute, launcher
-from transfer.training.classifier import train_classifier
+from transfer.training.classifier import train_classifier, training_seed
 
 PREPARED = Path("data/prepared")
 PRETRAINED = Path("models/pretrained")
@@ -28,9 +28,10 @@ CHECKPOINTS = Path("checkpoints/peft")
 def main(params):
     strategy = params["strategy"]
     parts, names = dataset.load_prepared(PREPARED)
-    torch.manual_seed(params["seed"])
+    torch.manual_seed(training_seed(params))
     tokenizer = modeling.load_tokenizer(PRETRAINED)
-    model = modeling.load_classifier(PRETRAINED, names, params["model"]["trust_remote_code"])
+    model = modeling.load_classifier(PRETRAINED, names, params["model"]["trust_remote_code"],
+                                     params["train"]["pooling"])
     strategies.check_fits(strategy, params, model.config)  # a refusal leaves checkpoints/peft untouched
     compute.check(params, model.config)
     checkpointing.claim(CHECKPOINTS, checkpointing.run_identity(params, [PREPARED, PRETRAINED]),

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from transfer import modeling, strategies
+from transfer import modeling, pooling, strategies
 from transfer.data import dataset, vocabulary
 from transfer.outputs import replaced_together, write_json
 from transfer.training import checkpointing, launcher
@@ -33,6 +33,7 @@ def main(params):
         torch.manual_seed(seed)  # the added tokens' rows are drawn
         encoder = modeling.load_encoder(source, trust)
         added = vocabulary.extend(tokenizer, encoder, domain_texts, cfg, max_unknown_rate)
+        encoder.config.update({pooling.SOURCE_KEY: pooling.source_pooling(source)})  # for train.pooling: auto
         if launcher.is_main():
             with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
                 modeling.save(encoder, tokenizer, out)
@@ -64,6 +65,7 @@ def main(params):
     missing, unexpected = encoder.load_state_dict(model.base_model.state_dict(), strict=False)
     if unexpected or any("pooler" not in key for key in missing):
         raise RuntimeError(f"encoder weights did not line up: missing {missing}, unexpected {unexpected}")
+    encoder.config.update({pooling.SOURCE_KEY: pooling.source_pooling(source)})  # for train.pooling: auto
     if launcher.is_main():  # one process writes, however many trained
         with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
             modeling.save(encoder, tokenizer, out)

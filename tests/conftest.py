@@ -77,12 +77,19 @@ def tiny_params(model_dir, data_file):
 @pytest.fixture(scope="session")
 def workdir(tiny_bert, tmp_path_factory):
     """Every stage's main() run once, in pipeline order, on the tiny BERT and 400 toy texts."""
-    from stages import baseline, evaluate, export, finetune, peft, prepare, pretrain
     from transfer.config import validate
 
     folder = tmp_path_factory.mktemp("pipeline")
     toy_texts(400).to_csv(folder / "reviews.csv", index=False)
     params = validate(tiny_params(tiny_bert, folder / "reviews.csv"))
+    run_pipeline(folder, params)
+    return folder, params
+
+
+def run_pipeline(folder, params):
+    """Every stage's main() in pipeline order, in `folder`."""
+    from stages import baseline, evaluate, export, finetune, peft, prepare, pretrain
+
     previous = os.getcwd()
     os.chdir(folder)
     try:
@@ -91,7 +98,6 @@ def workdir(tiny_bert, tmp_path_factory):
             stage.main(params)
     finally:
         os.chdir(previous)
-    return folder, params
 
 
 def metrics(folder, name):

@@ -304,10 +304,11 @@ def test_a_data_file_added_or_edited_in_data_raw_reruns_prepare(repo):
 
 
 def test_a_sweep_queued_to_two_workers_runs_side_by_side_and_reads_as_a_table(repo):
-    """README.md, scaling out: `dvc exp run --queue` a sweep over strategies, `dvc queue start -j 2`; both run at
-    once (each worker on its own GPU where there are GPUs: transfer/training/launcher.py), then one table."""
+    """README.md, scaling out: `dvc exp run --queue` a sweep over strategies and seeds, `dvc queue start -j 2`;
+    two run at once (each worker on its own GPU where there are GPUs: transfer/training/launcher.py), then one
+    table, and `python -m stages.compare` reads them as one row per strategy over its seeds."""
     folder, _ = repo
-    run(["dvc", "exp", "run", "--queue", "-S", "strategy=prompt,adapter_stack"], folder)
+    run(["dvc", "exp", "run", "--queue", "-S", "strategy=prompt,adapter_stack", "-S", "train.seed=1,2"], folder)
     log = folder / ".dvc/tmp/queue-start.log"
     with open(log, "w") as out:  # not a pipe, as run() gives: it would wait for the workers, who inherit it
         started = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=folder, env=dvc_env(), stdout=out,
@@ -322,7 +323,7 @@ def test_a_sweep_queued_to_two_workers_runs_side_by_side_and_reads_as_a_table(re
             break
         assert time.monotonic() < deadline, f"the queue is still running: {states}"
         time.sleep(1)
-    assert states.count("Success") == 2 and "Failed" not in states, states
+    assert states.count("Success") == 4 and "Failed" not in states, states
     assert most_running == 2, "the two workers never ran at the same time"
     table = run(["dvc", "exp", "show", "--md", "--no-pager"], folder)
     for strategy in ("prompt", "adapter_stack"):
@@ -333,4 +334,9 @@ def test_a_sweep_queued_to_two_workers_runs_side_by_side_and_reads_as_a_table(re
     assert all(strategy in compact for strategy in ("prompt", "adapter_stack", "frozen"))
     header = {cell.strip() for cell in compact.splitlines()[0].split("|")}
     assert {"params.yaml:strategy", "peft.macro_f1", "peft_trainable_fraction", "peft_train_seconds"} <= header
+    rows = {line.split("|")[1].strip(): line for line in run([sys.executable, "-m", "stages.compare"], folder)
+            .splitlines()[2:]}
+    for strategy in ("full fine-tune", "prompt", "adapter_stack"):  # earlier tests' runs add seed 42 to some
+        assert rows[strategy].split("|")[2].strip().startswith("1, 2") and "± " in rows[strategy], rows
+    assert "needs 2+ seeds" not in rows["prompt"], "two seeds or more each: the difference is tested"
 

@@ -155,6 +155,8 @@ CHECK_CASES = {
                                      "must split evenly among launcher.processes (3)"),
     "gradual-under-two-processes": ({"strategy": "gradual", "launcher.processes": 2}, None,
                                     "strategy gradual unfreezes layers while it trains"),
+    "mean-pooling-on-distilbert": ({"train.pooling": "mean"}, "distilbert",
+                                   "train.pooling is mean, but a 'distilbert' model's classification head pools"),
 }
 
 

@@ -10,13 +10,14 @@ from pathlib import Path
 import yaml
 
 from transfer import strategies
-from transfer.schema import (BOOL, COUNT, FRACTION, LEARNING_RATE, NGRAM_RANGE, OPTIONAL_CAP, POSITIVE_INT, TEXT,
-                             UserError, choice, number)
+from transfer.schema import (BOOL, COUNT, FRACTION, LEARNING_RATE, NGRAM_RANGE, OPTIONAL_CAP, OPTIONAL_SEED,
+                             POSITIVE_INT, TEXT, UserError, choice, number)
 
 PARAMS_FILE = Path("params.yaml")
 EXPORT_SOURCES = ("best", "peft", "finetune", "baseline")
 INT8_KINDS = ("auto", "avx512_vnni", "avx2", "arm64")  # the int8 kernels to quantize for (transfer/export/onnx_model.py)
 TRUNCATION = ("head", "tail", "head_tail")
+POOLING = ("auto", "cls", "mean")  # what transfer/pooling.py makes of each
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # what transfer/training/compute.py makes of each
 
 SCHEMA = {
@@ -63,6 +64,7 @@ SCHEMA = {
     "train": {
         "max_length": number(int, 8),
         "truncation": choice(*TRUNCATION),
+        "pooling": choice(*POOLING),
         "batch_size": POSITIVE_INT,
         "eval_batch_size": POSITIVE_INT,
         "weight_decay": number(float, 0.0),
@@ -73,6 +75,7 @@ SCHEMA = {
         "logging_steps": POSITIVE_INT,
         "class_weights": choice("auto", "none"),
         "gradient_accumulation_steps": POSITIVE_INT,
+        "seed": OPTIONAL_SEED,
     },
     "compute": {"precision": choice(*PRECISIONS), "gradient_checkpointing": BOOL},
     "launcher": {"processes": POSITIVE_INT, "claim_gpus": BOOL},

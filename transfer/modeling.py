@@ -167,31 +167,44 @@ def load_encoder(name, trust_remote_code=False, masked_lm=False):
         raise _loading(name, "model")(error) from None
 
 
-def load_classifier(name, label_names, trust_remote_code=False):
+def load_classifier(name, label_names, trust_remote_code=False, pooling="auto"):
+    """A classification head on the pretrained encoder `name`, pooling its tokens as params train.pooling says
+    (transfer/pooling.py: auto is mean where the encoder was trained for it)."""
     from transformers import AutoModelForSequenceClassification
+
+    from transfer import pooling as pooling_
 
     require_safetensors(name)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
+        model = AutoModelForSequenceClassification.from_pretrained(
             name, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
             label2id={label: i for i, label in enumerate(label_names)}, use_safetensors=True,
             trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise _loading(name, "model")(error) from None
+    if getattr(model.config, pooling_.SOURCE_KEY, None) is None:  # pretrain records it; a model folder may say it
+        model.config.update({pooling_.SOURCE_KEY: pooling_.source_pooling(name)})
+    return pooling_.apply(model, pooling_.resolve(pooling, model))
 
 
 def load_saved_classifier(path):
-    """Load a classifier this pipeline saved: labels come from its config. Safetensors only, never a pickle."""
+    """Load a classifier this pipeline saved: labels and pooling come from its config. Safetensors only."""
     from transformers import AutoModelForSequenceClassification
+
+    from transfer import pooling
 
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"{path} holds no saved model; run the stage that writes it (`dvc repro`).")
     require_safetensors(path, key="the model folder")
     try:
-        return AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+        with pooling.quiet_missing_pooler():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, use_safetensors=True, trust_remote_code=False, output_loading_info=True)
     except (OSError, ValueError) as error:
         raise UserError(f"could not load the saved model in {path}: {_short(error)}. Re-run the stage that writes "
                         "it (`dvc repro`).") from None
+    pooling.refuse_missing(path, info["missing_keys"], model)
+    return pooling.saved(model)
 
 
 def save(model, tokenizer, out_dir):

@@ -30,6 +30,7 @@ def choice(*options):
 POSITIVE_INT = number(int, 1)
 COUNT = number(int, 0)
 OPTIONAL_CAP = ((int, type(None)), lambda v: v is None or v >= 1, "an integer >= 1, or null for no cap")
+OPTIONAL_SEED = ((int, type(None)), lambda v: v is None or v >= 0, "an integer >= 0, or null for the top-level seed")
 FRACTION = number(float, 0.0, 1.0)
 LEARNING_RATE = number(float, 0.0, 1.0, low_open=True)
 DECAY = number(float, 0.0, 1.0, low_open=True)

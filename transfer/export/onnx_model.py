@@ -1,4 +1,5 @@
 """ONNX export, dynamic int8 quantization, and latency measurement of the three runtimes."""
+import json
 import platform
 import time
 from pathlib import Path
@@ -12,9 +13,18 @@ INFERENCE_FILE = "inference.json"  # how to tokenize for this model: what predic
 
 
 def export_onnx(model_dir, out_dir):
-    """Export a saved classifier to out_dir/model.onnx with optimum-onnx (config and tokenizer beside it)."""
+    """Export a saved classifier to out_dir/model.onnx with optimum-onnx (config and tokenizer beside it). A
+    mean-pooled one (transfer/pooling.py) is traced instead: optimum would rebuild it with transformers' first-token
+    pooler, whose weights it does not have."""
     from optimum.onnxruntime import ORTModelForSequenceClassification
 
+    from transfer import modeling, pooling
+
+    settings = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    if settings.get(pooling.CONFIG_KEY) == "mean":
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return export_onnx_traced(modeling.load_saved_classifier(model_dir), modeling.load_tokenizer(model_dir),
+                                  out_dir)
     ORTModelForSequenceClassification.from_pretrained(model_dir, export=True).save_pretrained(out_dir)
     return Path(out_dir) / FP32_FILE
 

@@ -59,14 +59,16 @@ def check_fits(strategy, params, config):
 def preflight(params):
     """The early check of params against the model, before any data or training work (call it first in a stage):
     model.name must be a model (modeling.check_model: config and tokenizer only, no weights) that the chosen
-    strategy fits (check_fits), on a machine that can train as params compute asks. Returns the model's config."""
-    from transfer import modeling
+    strategy and train.pooling fit (check_fits, pooling.check), on a machine that can train as params compute asks.
+    Returns the model's config."""
+    from transfer import modeling, pooling
     from transfer.training import compute
 
     strategy, model = params["strategy"], params["model"]
     config = modeling.check_model(model["name"], model["trust_remote_code"],
                                   masked_lm=params["pretrain"]["enabled"] or strategy == "adapter_stack")
     check_fits(strategy, params, config)
+    pooling.check(params["train"]["pooling"], config, params)
     compute.check(params, config)
     return config
 
@@ -173,7 +175,7 @@ def load_adapted(peft_dir, base_dir):
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from transfer import modeling
+    from transfer import modeling, pooling
     from transfer.outputs import read_json
     from transfer.strategies import _injection
 
@@ -192,6 +194,7 @@ def load_adapted(peft_dir, base_dir):
     config = AutoConfig.from_pretrained(trained, trust_remote_code=False)
     base = AutoModelForSequenceClassification.from_pretrained(base_dir, config=config, use_safetensors=True,
                                                               trust_remote_code=False)
+    base = pooling.saved(base)  # the pooling it trained with (its config says), before the weights go around it
     if saved["adapters"]:
         return _injection.load_adapters(base, trained, saved["adapters"]).eval()
     return PeftModel.from_pretrained(base, trained).eval()

@@ -31,6 +31,7 @@ def train_domain_adapter(base_dir, tokenizer, texts, params, out_dir):
     from transfer.strategies import _injection
     from transfer.strategies._layerwise import head_parameters
     from transfer.training import launcher
+    from transfer.training.classifier import training_seed
     from transfer.training.masked_lm import train_masked_lm
 
     cfg = params["adapter_stack"]
@@ -41,7 +42,7 @@ def train_domain_adapter(base_dir, tokenizer, texts, params, out_dir):
     # the MLM head's transform starts fresh when the encoder ships without one: it must learn beside the adapter
     for parameter in head_parameters(model):
         parameter.requires_grad = True
-    seconds = train_masked_lm(model, tokenizer, texts, params["pretrain"], params["compute"], params["seed"],
+    seconds = train_masked_lm(model, tokenizer, texts, params["pretrain"], params["compute"], training_seed(params),
                               Path(out_dir) / "mlm", cfg["domain_steps"], cfg["domain_learning_rate"],
                               params["checkpoints"]["every_steps"])
     if launcher.is_main():  # the task model of every process loads it from there

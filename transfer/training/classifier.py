@@ -91,6 +91,13 @@ class ResumableTrainer(Trainer):
         return sampler  # a RandomSampler, which accelerate already reseeds per epoch
 
 
+def training_seed(params):
+    """The seed of finetune and peft: params train.seed, or the top-level seed where it is null. The split and the
+    pretrained encoder follow the top-level seed alone, so repeating a training run over seeds changes only it."""
+    seed = params["train"].get("seed")
+    return params["seed"] if seed is None else seed
+
+
 def training_arguments(output_dir, train_cfg, compute, epochs, learning_rate, seed):
     from transformers import TrainingArguments
 
@@ -122,7 +129,7 @@ def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, out
     num_classes = model.config.num_labels
     weights = class_weights(parts["train"]["label"], num_classes, train_cfg["class_weights"])
     encode = dict(tokenizer=tokenizer, max_length=train_cfg["max_length"], truncation=train_cfg["truncation"])
-    args = training_arguments(output_dir, train_cfg, params["compute"], epochs, learning_rate, params["seed"])
+    args = training_arguments(output_dir, train_cfg, params["compute"], epochs, learning_rate, training_seed(params))
     optimizer = None
     if param_groups is not None:
         optimizer = torch.optim.AdamW(param_groups, lr=learning_rate)
