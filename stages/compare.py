@@ -18,6 +18,7 @@ import sys
 
 from transfer.evaluation import intervals
 from transfer.schema import UserError
+from transfer.training.classifier import training_seed
 
 FULL = "full fine-tune"
 
@@ -43,7 +44,7 @@ def runs(found):
     """{strategy or FULL: {seed: run}}: test macro-F1, trainable fraction and train seconds of each training run."""
     table = {}
     for _, params, metrics in found:
-        seed = params["seed"] if params.get("train", {}).get("seed") is None else params["train"]["seed"]
+        seed = training_seed(params)
         evaluate = metrics["metrics/evaluate.json"]
         peft, peft_time = metrics.get("metrics/peft.json") or {}, metrics.get("metrics/timing/peft.json") or {}
         finetune_time = metrics.get("metrics/timing/finetune.json") or {}
