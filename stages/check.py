@@ -12,13 +12,16 @@ from pathlib import Path
 
 from transfer import strategies
 from transfer.config import run_stage
+from transfer.export import compression
 from transfer.outputs import write_json
 
 CHOSEN = Path("metrics/strategy.json")
 
 
 def main(params):
-    strategies.preflight(params)  # the model loads (config and tokenizer) and the strategy fits it
+    config = strategies.preflight(params)  # the model loads (config and tokenizer) and the strategy fits it
+    if params["compress"]["distill"]:  # the student must be shallower than the model
+        compression.kept_layers(config.num_hidden_layers, params["compress"]["student_layers"])
     strategy = params["strategy"]
     write_json(CHOSEN, {"strategy": strategy, strategy: params[strategy]}, exact=True)  # any change re-runs peft
     print(f"check: params.yaml ok; strategy {strategy} fits model.name {params['model']['name']!r}")

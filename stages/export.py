@@ -80,12 +80,7 @@ def export_transformer(source, out, params, test, names):
     labels = test["label"].to_numpy()
     check, warnings = int8_check(labels, predictions["onnx_fp32"], predictions["onnx_int8"], names,
                                  cfg["max_recall_drop"])
-    latency = {}
-    for batch_size in (1, 32):
-        batch = onnx_model.fixed_batch(tokenizer, test["text"].tolist(), batch_size, cfg["latency_max_length"])
-        runs = max(1, cfg["latency_runs"] // (4 if batch_size > 1 else 1))
-        timings = onnx_model.latencies(model, sessions, batch, runs, cfg["latency_warmup"])
-        latency[f"batch{batch_size}"] = {name: round(ms, 2) for name, ms in timings.items()}
+    latency = onnx_model.latency_table(model, sessions, tokenizer, test["text"].tolist(), cfg)
     write_json(out / onnx_model.INFERENCE_FILE, {"kind": "transformer", "max_length": train_cfg["max_length"],
                                                 "truncation": train_cfg["truncation"]})
     sizes = {"pytorch_fp32": torch_mb, "onnx_fp32": onnx_model.size_mb(fp32_path),

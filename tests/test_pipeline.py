@@ -14,7 +14,7 @@ import yaml
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
-TRAINING_STAGES = {"prepare", "baseline", "pretrain", "finetune"}
+TRAINING_STAGES = {"prepare", "baseline", "pretrain", "finetune", "compress"}  # compress: off, in seconds
 DOWNSTREAM = {"peft", "evaluate", "export"}
 QUEUE_STATES = ("Queued", "Running", "Success", "Failed")  # the last column of `dvc queue status`
 CHECK = {"check"}  # reads every param: it re-runs on any change, in seconds, and re-runs nothing by itself
@@ -112,7 +112,7 @@ def test_a_second_clone_pulls_the_results_from_a_remote_and_reproduces_nothing(r
     assert "up to date" in run(["dvc", "status"], clone).lower()
     assert stages_run(run(["dvc", "repro"], clone)) == set()
     outputs = ("data/prepared", "models/pretrained", "models/finetuned", "models/peft", "models/baseline",
-               "models/exported")
+               "models/exported", "models/compressed")
     assert hashes(clone, *outputs) == hashes(folder, *outputs)
 
 
@@ -208,6 +208,29 @@ def test_editing_another_strategys_section_reruns_nothing(repo):
     assert "up to date" in run(["dvc", "status"], folder).lower()
 
 
+def test_compression_turned_on_trains_only_the_compress_stage(repo):
+    """`dvc exp run -S compress.distill=true -S compress.prune=true` (README.md, smaller models) trains the two
+    smaller models from the committed fine-tune: nothing else re-runs, and the ONNX files land beside them."""
+    folder, _ = repo
+    kept = ("params.yaml", "dvc.lock", "metrics/strategy.json", "metrics/compress.json", "metrics/timing/compress.json")
+    before = {name: (folder / name).read_text() for name in kept}
+    try:
+        output = run(["dvc", "exp", "run", "-S", "compress.distill=true", "-S", "compress.prune=true"], folder)
+        assert stages_run(output) == CHECK | {"compress"}
+        result = json.loads((folder / "metrics/compress.json").read_text())
+        assert result["variants"] == ["distilled", "pruned"]
+        assert result["distilled"]["training"]["teacher_layers_kept"] == [1, 3, 5]
+        assert result["pruned"]["zero_share"] == 0.5
+        for name in ("distilled", "pruned"):
+            assert {"model.onnx", "model_quantized.onnx", "inference.json", "model.safetensors"} <= \
+                {path.name for path in (folder / "models/compressed" / name).iterdir()}
+    finally:
+        for name, text in before.items():
+            (folder / name).write_text(text)
+        run(["dvc", "checkout", "models/compressed"], folder)
+    assert "up to date" in run(["dvc", "status"], folder).lower()
+
+
 def hashes(folder, *paths):
     return {str(path.relative_to(folder)): path.read_bytes() for name in paths
             for path in sorted((folder / name).rglob("*") if (folder / name).is_dir() else [folder / name])
@@ -219,7 +242,8 @@ def hashes(folder, *paths):
     (["strategy=partial", "partial.top_layers=99"], "partial.top_layers is 99 but the model has only 6"),
     (["strategy=lora", "lora.target_modules=[q_proj]"], "lora.target_modules names ['q_proj'], which this model does not have"),
     (["finetune.epochs=three"], "'finetune.epochs' is 'three'; it must be an integer >= 1"),
-], ids=["misspelt-strategy", "partial-too-deep", "lora-modules-missing", "wrong-type"])
+    (["compress.distill=true", "compress.student_layers=6"], "compress.student_layers is 6; the fine-tuned model has 6"),
+], ids=["misspelt-strategy", "partial-too-deep", "lora-modules-missing", "wrong-type", "student-too-deep"])
 def test_a_refused_experiment_changes_nothing(repo, settings, message):
     """The check stage refuses bad params with the project's own message before DVC deletes any stage's outputs:
     every output and checkpoint folder is byte-for-byte as before, and with params.yaml back, `dvc status` is clean."""

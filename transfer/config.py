@@ -84,6 +84,10 @@ SCHEMA = {
     **strategies.sections(),  # each strategy's own section, from its module (transfer/strategies/<name>.py)
     "baseline": {"word_ngrams": NGRAM_RANGE, "char_ngrams": NGRAM_RANGE, "max_features": POSITIVE_INT,
                  "C": number(float, 0.0, low_open=True)},
+    "compress": {"distill": BOOL, "student_layers": POSITIVE_INT, "epochs": POSITIVE_INT, "prune": BOOL,
+                 "sparsity": (float, lambda v: 0 < v < 1, "a number > 0 and < 1"), "prune_epochs": POSITIVE_INT,
+                 "learning_rate": LEARNING_RATE, "temperature": number(float, 0.0, low_open=True),
+                 "alpha": FRACTION, "max_f1_drop": FRACTION},
     "evaluate": {"batch_size": POSITIVE_INT, "fail_on_warning": BOOL},
     "export": {
         "source": choice(*EXPORT_SOURCES),

@@ -180,5 +180,17 @@ def latencies(model, sessions, batch, runs, warmup):
     return timings
 
 
+def latency_table(model, sessions, tokenizer, texts, cfg):
+    """{batch1: {runtime: ms}, batch32: ...}: each runtime on the same fixed-length batch of `texts`, as params
+    export says (latency_max_length, latency_runs, a quarter of them at batch 32, latency_warmup)."""
+    latency = {}
+    for batch_size in (1, 32):
+        batch = fixed_batch(tokenizer, texts, batch_size, cfg["latency_max_length"])
+        runs = max(1, cfg["latency_runs"] // (4 if batch_size > 1 else 1))
+        timings = latencies(model, sessions, batch, runs, cfg["latency_warmup"])
+        latency[f"batch{batch_size}"] = {name: round(ms, 2) for name, ms in timings.items()}
+    return latency
+
+
 def size_mb(path):
     return Path(path).stat().st_size / 2**20

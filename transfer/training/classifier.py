@@ -116,13 +116,14 @@ def training_arguments(output_dir, train_cfg, compute, epochs, learning_rate, se
 
 
 def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, output_dir, param_groups=None,
-                     callbacks=(), curves_dir=None):
+                     callbacks=(), curves_dir=None, trainer_class=ResumableTrainer, trainer_options=None):
     """Train on parts['train'], pick the best epoch by validation macro-F1, stop early; return (results, timing).
 
     The loss is class-weighted where params train.class_weights asks for it (class_weights); results carry the
     best model's validation report (`val_report`, for the quality guard).
     Checkpoints go to `output_dir`, every params checkpoints.every_steps steps and at each epoch's end; a complete
-    one found there is resumed from. With `curves_dir`, the training and validation curves go there through DVCLive."""
+    one found there is resumed from. With `curves_dir`, the training and validation curves go there through DVCLive.
+    `trainer_class` (a ResumableTrainer, given `trainer_options` too) may train with another loss."""
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback
 
     train_cfg = params["train"]
@@ -133,12 +134,13 @@ def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, out
     optimizer = None
     if param_groups is not None:
         optimizer = torch.optim.AdamW(param_groups, lr=learning_rate)
-    trainer = ResumableTrainer(
+    trainer = trainer_class(
         model=model, args=args, processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
         train_dataset=to_dataset(parts["train"], **encode), eval_dataset=to_dataset(parts["validation"], **encode),
         compute_metrics=trainer_metrics, optimizers=(optimizer, None), class_weights=weights,
         callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=train_cfg["early_stopping_patience"]),
-                   SaveEvery(params["checkpoints"]["every_steps"]), *([LiveCurves(curves_dir)] if curves_dir else [])])
+                   SaveEvery(params["checkpoints"]["every_steps"]), *([LiveCurves(curves_dir)] if curves_dir else [])],
+        **(trainer_options or {}))
     started = time.perf_counter()
     resume_from = resume_point(output_dir)
     trainer.train(resume_from_checkpoint=resume_from)
