@@ -10,7 +10,6 @@ Each lands in models/compressed/<name> as a folder predict takes (`--model model
 PyTorch model, model.onnx, model_quantized.onnx, tokenizer. Off by default: it trains for minutes.
 """
 import tempfile
-import zlib
 from pathlib import Path
 
 import torch
@@ -35,11 +34,6 @@ OFF = ("# No compressed models\n\nparams.yaml has compress.distill and compress.
        "(`dvc exp run -S compress.distill=true`) for a smaller model beside the full fine-tune.\n")
 
 
-def zipped_mb(path):
-    """The file's size once compressed (zlib, level 6): what pruning's zeros save in storage and download."""
-    return len(zlib.compress(Path(path).read_bytes(), 6)) / 2**20
-
-
 def measure(model, onnx_dir, tokenizer, test, names, params):
     """The PyTorch model and onnx_dir's model.onnx (quantized there to int8) on the test split: accuracy, macro-F1,
     sizes and latency, side by side."""
@@ -54,13 +48,14 @@ def measure(model, onnx_dir, tokenizer, test, names, params):
         predicted[name] = onnx_model.onnx_predict(session, tokenizer, texts, train_cfg["max_length"],
                                                   train_cfg["eval_batch_size"], train_cfg["truncation"])
     reports = {name: classification_report(labels, p, names) for name, p in predicted.items()}
+    model.cpu()  # trained or predicted on a GPU maybe; latency compares it with ONNX Runtime on the CPU, as export does
     return {"total_params": modeling.count_parameters(model)["total_params"],
             "zero_share": round(compression.zero_share(model), 4),
             "test_accuracy": {name: r["accuracy"] for name, r in reports.items()},
             "test_macro_f1": {name: round(r["macro_f1"], 4) for name, r in reports.items()},
             "size_mb": {name: round(onnx_model.size_mb(path), 2) for name, path in
                         (("onnx_fp32", fp32_path), ("onnx_int8", int8_path))},
-            "zipped_mb": {name: round(zipped_mb(path), 2) for name, path in
+            "zipped_mb": {name: round(onnx_model.zipped_mb(path), 2) for name, path in
                           (("onnx_fp32", fp32_path), ("onnx_int8", int8_path))}}, \
         onnx_model.latency_table(model, sessions, tokenizer, texts.tolist(), cfg)
 
@@ -117,7 +112,7 @@ def main(params):
             figures, latency = measure(model, out / name, tokenizer, test, names, params)
             drop = summary["teacher"]["test_macro_f1"]["pytorch_fp32"] - figures["test_macro_f1"]["pytorch_fp32"]
             summary[name] = {**figures, "training": results, "macro_f1_drop": round(drop, 4),
-                             "warnings": warn(name, drop, cfg["max_f1_drop"])}
+                             "warnings": compression.drop_warnings(name, drop, cfg["max_f1_drop"])}
             teacher_ms, int8_ms = timing["teacher"]["batch32"], latency["batch32"]["onnx_int8"]
             timing[name] = {**latency, **train_timing,
                             "int8_speedup_batch32_vs_teacher_fp32": teacher_ms["pytorch_fp32"] / int8_ms,
@@ -131,24 +126,15 @@ def main(params):
             print(f"WARNING (compress): {warning['message']}")
 
 
-def warn(name, drop, limit):
-    if drop <= limit:
-        return []
-    fix = ("keep more layers (compress.student_layers) or train longer (compress.epochs)" if name == "distilled"
-           else "prune less (compress.sparsity) or train longer (compress.prune_epochs)")
-    return [{"kind": "compression_drop", "model": name, "macro_f1_drop": round(drop, 4), "max_f1_drop": limit,
-             "message": f"the {name} model's test macro-F1 is {drop:.4f} below the full fine-tune's, more than "
-                        f"compress.max_f1_drop={limit}: {fix}."}]
-
-
 def table(summary, timing):
     lines = ["| model | params | zero share | test macro-F1 (PyTorch / int8) | int8 MB (zipped) | "
              "int8 ms, batch 32 |", "|---|---:|---:|---:|---:|---:|"]
     for name in ["teacher", *summary["variants"]]:
         s, t = summary[name], timing[name]
-        lines.append(f"| {name} | {s['total_params']:,} | {s['zero_share']:.0%} | {s['test_macro_f1']['pytorch_fp32']:.4f}"
-                     f" / {s['test_macro_f1']['onnx_int8']:.4f} | {s['size_mb']['onnx_int8']:.1f} "
-                     f"({s['zipped_mb']['onnx_int8']:.1f}) | {t['batch32']['onnx_int8']:.0f} |")
+        lines.append(f"| {name} | {s['total_params']:,} | {s['zero_share']:.0%} | "
+                     f"{s['test_macro_f1']['pytorch_fp32']:.4f} / {s['test_macro_f1']['onnx_int8']:.4f} | "
+                     f"{s['size_mb']['onnx_int8']:.1f} ({s['zipped_mb']['onnx_int8']:.1f}) | "
+                     f"{t['batch32']['onnx_int8']:.0f} |")
     return "\n".join(lines)
 
 

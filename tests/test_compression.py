@@ -47,7 +47,8 @@ def test_the_student_starts_from_the_teachers_layers_and_saves_as_any_model(tiny
     for layer, index in zip(encoder_layers(student), kept):
         ours, theirs = layer.state_dict(), encoder_layers(teacher)[index].state_dict()
         assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
-        assert all(p.data_ptr() != q.data_ptr() for p, q in zip(layer.parameters(), encoder_layers(teacher)[index].parameters()))
+        theirs = encoder_layers(teacher)[index].parameters()
+        assert all(p.data_ptr() != q.data_ptr() for p, q in zip(layer.parameters(), theirs))  # copies, not shared
     assert torch.equal(student.classifier.weight, teacher.classifier.weight)
     assert all(p.requires_grad for p in student.parameters())
     save(student, load_tokenizer(str(tiny_bert)), tmp_path / "student")
@@ -67,7 +68,8 @@ def test_pruning_zeros_the_smallest_encoder_weights_and_nothing_else(tiny_bert):
     kept = torch.cat([m.weight.flatten().abs() for m, _ in compression.prunable_weights(pruned)])
     original = torch.cat([m.weight.flatten().abs() for m, _ in compression.prunable_weights(teacher)])
     assert original[kept == 0].max() <= original[kept != 0].min()  # the smallest went
-    for name in ("bert.embeddings.word_embeddings.weight", "classifier.weight", "bert.encoder.layer.0.output.dense.bias"):
+    for name in ("bert.embeddings.word_embeddings.weight", "classifier.weight",
+                 "bert.encoder.layer.0.output.dense.bias"):
         assert torch.equal(pruned.get_parameter(name), teacher.get_parameter(name))
 
 
@@ -194,3 +196,11 @@ def test_check_refuses_a_student_as_deep_as_the_model_before_any_stage_runs(work
         check.main({**params, "compress": {**params["compress"], "distill": True, "student_layers": 4}})
     assert not Path("metrics/strategy.json").exists()
     check.main({**params, "compress": {**params["compress"], "distill": True, "student_layers": 3}})
+
+
+def test_a_compressed_model_that_lost_too_much_is_warned_about_with_the_knob_to_turn():
+    assert compression.drop_warnings("distilled", 0.01, 0.02) == []
+    [warning] = compression.drop_warnings("distilled", 0.03, 0.02)
+    assert warning["kind"] == "compression_drop" and "compress.student_layers" in warning["message"]
+    [warning] = compression.drop_warnings("pruned", 0.05, 0.02)
+    assert "compress.sparsity" in warning["message"]

@@ -103,3 +103,14 @@ class DistillingTrainer(ResumableTrainer):
         loss = distillation_loss(outputs.logits, teacher_logits, labels, self.temperature, self.alpha,
                                  self.class_weights)
         return (loss, outputs) if return_outputs else loss
+
+
+def drop_warnings(name, drop, limit):
+    """A warning when the compressed model `name` lost more test macro-F1 than params compress.max_f1_drop."""
+    if drop <= limit:
+        return []
+    fix = ("keep more layers (compress.student_layers) or train longer (compress.epochs)" if name == "distilled"
+           else "prune less (compress.sparsity) or train longer (compress.prune_epochs)")
+    return [{"kind": "compression_drop", "model": name, "macro_f1_drop": round(drop, 4), "max_f1_drop": limit,
+             "message": f"the {name} model's test macro-F1 is {drop:.4f} below the full fine-tune's, more than "
+                        f"compress.max_f1_drop={limit}: {fix}."}]

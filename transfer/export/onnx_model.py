@@ -194,3 +194,10 @@ def latency_table(model, sessions, tokenizer, texts, cfg):
 
 def size_mb(path):
     return Path(path).stat().st_size / 2**20
+
+
+def zipped_mb(path):
+    """The file's size once compressed (zlib, level 6): what zeroed weights save in storage and download."""
+    import zlib
+
+    return len(zlib.compress(Path(path).read_bytes(), 6)) / 2**20
