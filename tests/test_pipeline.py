@@ -15,6 +15,7 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 TRAINING_STAGES = {"prepare", "baseline", "pretrain", "finetune", "compress"}  # compress: off, in seconds
+LM_STAGES = {"lm_prepare", "lm_pretrain", "lm_finetune", "lm_peft", "lm_evaluate", "lm_export"}  # task causal-lm
 DOWNSTREAM = {"peft", "evaluate", "export"}
 QUEUE_STATES = ("Queued", "Running", "Success", "Failed")  # the last column of `dvc queue status`
 CHECK = {"check"}  # reads every param: it re-runs on any change, in seconds, and re-runs nothing by itself
@@ -78,7 +79,7 @@ def repo(tmp_path_factory):
 
 def test_repro_runs_every_stage_and_writes_every_metric(repo):
     folder, first = repo
-    assert stages_run(first) == CHECK | TRAINING_STAGES | DOWNSTREAM
+    assert stages_run(first) == CHECK | TRAINING_STAGES | DOWNSTREAM | LM_STAGES  # lm_*: placeholders, in a moment
     for name in ("data", "baseline", "pretrain", "finetune", "peft", "evaluate", "export"):
         assert (folder / "metrics" / f"{name}.json").is_file()
     evaluate = json.loads((folder / "metrics/evaluate.json").read_text())
@@ -228,6 +229,48 @@ def test_compression_turned_on_trains_only_the_compress_stage(repo):
         for name, text in before.items():
             (folder / name).write_text(text)
         run(["dvc", "checkout", "models/compressed"], folder)
+    assert "up to date" in run(["dvc", "status"], folder).lower()
+
+
+LM_SMALL = ["task=causal-lm", "causal_lm.pool_texts=8", "causal_lm.train_texts=8", "causal_lm.val_texts=4",
+            "causal_lm.test_texts=4", "causal_lm.max_length=32", "causal_lm.batch_size=4", "causal_lm.pretrain_steps=2",
+            "causal_lm.finetune_steps=2", "causal_lm.peft_steps=2", "causal_lm.max_new_tokens=5"]
+
+
+def test_task_causal_lm_trains_smollm2_and_leaves_the_classification_results_alone(repo):
+    """`dvc exp run -S task=causal-lm` (README.md, causal language modelling) takes the bundled SmolLM2-135M through
+    lm_prepare ... lm_export on a slice of the IMDB texts: only check and the lm_* stages run, and every
+    classification output stays as it was. Back to classification and again to causal-lm, DVC's run cache restores
+    each lm stage instead of training it again."""
+    folder, _ = repo
+    classification = ("data/prepared", "models/pretrained", "models/finetuned", "models/peft", "models/exported",
+                      "metrics/evaluate.json", "metrics/export.json", "metrics/finetune.json")
+    before = hashes(folder, *classification)
+    settings = [word for setting in LM_SMALL for word in ("-S", setting)]
+    try:
+        assert stages_run(run(["dvc", "exp", "run", *settings], folder)) == CHECK | LM_STAGES
+        assert hashes(folder, *classification) == before
+        data = json.loads((folder / "metrics/lm_data.json").read_text())
+        assert data["model_type"] == "llama" and data["total_params"] == 134_515_008  # SmolLM2-135M
+        perplexity = json.loads((folder / "metrics/lm_evaluate.json").read_text())["test_perplexity"]
+        assert set(perplexity) == {"base", "pretrained", "finetune", "peft"}
+        assert all(1 < value < 1000 for value in perplexity.values()), perplexity
+        exported = json.loads((folder / "metrics/lm_export.json").read_text())
+        assert exported["onnx"]["next_token_agreement"] >= 0.95
+        assert (folder / "models/lm_exported/model.safetensors").is_file()
+        assert (folder / "models/lm_exported/onnx/model.onnx").is_file()
+        generations = json.loads((folder / "metrics/lm_generations.json").read_text())
+        assert len(generations["peft"]) == 3 and all(isinstance(text, str) for text in generations["peft"])
+
+        assert stages_run(run(["dvc", "exp", "run", "-S", "task=classification"], folder)) == CHECK | LM_STAGES
+        assert hashes(folder, *classification) == before
+        output = run(["dvc", "exp", "run", *settings], folder)
+        assert stages_run(output) == CHECK, "switched back, the lm stages are restored, not trained"
+        assert all(RESTORED.format(stage) in output for stage in LM_STAGES)
+        assert json.loads((folder / "metrics/lm_export.json").read_text()) == exported
+    finally:
+        run(["git", "checkout", "--", "."], folder)
+        run(["dvc", "checkout"], folder)
     assert "up to date" in run(["dvc", "status"], folder).lower()
 
 

@@ -158,6 +158,9 @@ def test_a_killed_dvc_exp_run_resumes_on_the_next_one(toy_repo):
     assert json.loads((toy_repo / "metrics/timing/finetune.json").read_text())["resumed_from_step"] >= 12
 
 
+LM_METRICS = ("lm_data", "lm_pretrain", "lm_finetune", "lm_peft", "lm_evaluate", "lm_generations", "lm_export")
+
+
 def test_two_forced_runs_write_identical_metrics(toy_repo):
     """Same seed, same machine: every metrics file (timings aside, in metrics/timing/) and plot table is
     byte-identical after a second `dvc repro --force`."""
@@ -167,7 +170,8 @@ def test_two_forced_runs_write_identical_metrics(toy_repo):
 
     run(["dvc", "repro", "--force"], toy_repo)
     first = results()
-    stages = {"strategy", "data", "pretrain", "finetune", "peft", "baseline", "evaluate", "leaderboard", "export"}
+    stages = {"strategy", "data", "pretrain", "finetune", "peft", "baseline", "evaluate", "leaderboard", "compress",
+              "export", *LM_METRICS}
     assert {name for name in first if name.endswith(".json")} == {f"{stage}.json" for stage in stages}
     assert len([name for name in first if name.endswith(".csv")]) == 10  # confusion/roc/pr x 3 models + per_class
     run(["dvc", "repro", "--force"], toy_repo)

