@@ -4,7 +4,8 @@
 already have cost the previous `models/peft`. This stage runs first (it reads every param), fails with the
 project's own message ("... Did you mean 'lora'?"), and writes nothing on failure: its one output is `persist`ed.
 
-With task: causal-lm it also checks causal_lm.model is a decoder-only model, and causal_lm.strategy one that fits it.
+With task: causal-lm it also checks causal_lm.model is a decoder-only model, with token-classification that
+token_classification.model takes a tagging head; each task's strategy is checked against the ones that fit it.
 
 On success it writes metrics/strategy.json: the chosen strategy and its params section. `peft` and `export`
 depend on that file instead of on `${strategy}` in dvc.yaml, which DVC would resolve itself, with its own error
@@ -17,7 +18,7 @@ from transfer.config import run_stage
 from transfer.export import compression
 from transfer.outputs import write_json
 from transfer.schema import UserError
-from transfer.tasks import causal_lm
+from transfer.tasks import causal_lm, token_classification
 
 CHOSEN = Path("metrics/strategy.json")
 
@@ -35,10 +36,13 @@ def main(params):
     causal_lm.check_strategy(params["causal_lm"]["strategy"])
     if causal_lm.selected(params):  # a decoder-only model, before lm_prepare deletes anything
         causal_lm.check_model(params["causal_lm"]["model"], params["model"]["trust_remote_code"])
+    token_classification.check_strategy(params["token_classification"]["strategy"])
+    if token_classification.selected(params):  # an encoder that takes a tagging head, with a fast tokenizer
+        token_classification.check_model(params["token_classification"]["model"], params["model"]["trust_remote_code"])
     strategy = params["strategy"]
     write_json(CHOSEN, {"strategy": strategy, strategy: params[strategy]}, exact=True)  # any change re-runs peft
     print(f"check: params.yaml ok; strategy {strategy} fits model.name {params['model']['name']!r}"
-          + (f"; causal_lm.model {params['causal_lm']['model']!r} is a decoder" if causal_lm.selected(params) else ""))
+          + (f"; task {params['task']}" if params["task"] != "classification" else ""))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ the strategy under study, side by side, and each one's greedy continuation of th
 (causal_lm.prompts) in metrics/lm_generations.json."""
 from pathlib import Path
 
+from transfer import tasks
 from transfer.outputs import read_json, replaced_together, write_json
 from transfer.tasks import causal_lm
 
@@ -16,7 +17,7 @@ UNUSED = {"files": (METRICS, GENERATIONS)}
 
 def main(params):
     if not causal_lm.selected(params):
-        causal_lm.write_unused(params["task"], **UNUSED)
+        tasks.write_unused(params["task"], **UNUSED)
         return
     cfg = params["causal_lm"]
     test = causal_lm.load_split(PREPARED)["test"]
@@ -35,4 +36,4 @@ def main(params):
 
 
 if __name__ == "__main__":
-    causal_lm.run_stage(main, **UNUSED)
+    tasks.run_stage(causal_lm.TASK, main, **UNUSED)

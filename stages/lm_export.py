@@ -7,6 +7,7 @@ PyTorch on test texts."""
 import shutil
 from pathlib import Path
 
+from transfer import tasks
 from transfer.outputs import read_json, replaced_together, write_json
 from transfer.tasks import causal_lm
 
@@ -20,7 +21,7 @@ UNUSED = {"folders": (OUT_DIR,), "files": (METRICS,)}
 
 def main(params):
     if not causal_lm.selected(params):
-        causal_lm.write_unused(params["task"], **UNUSED)
+        tasks.write_unused(params["task"], **UNUSED)
         return
     cfg = params["causal_lm"]
     val = {name: read_json(f"metrics/lm_{name}.json")["val_perplexity"] for name in SOURCES}
@@ -53,4 +54,4 @@ def main(params):
 
 
 if __name__ == "__main__":
-    causal_lm.run_stage(main, **UNUSED)
+    tasks.run_stage(causal_lm.TASK, main, **UNUSED)

