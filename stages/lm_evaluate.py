@@ -17,7 +17,7 @@ UNUSED = {"files": (METRICS, GENERATIONS)}
 
 def main(params):
     if not causal_lm.selected(params):
-        tasks.write_unused(params["task"], **UNUSED)
+        tasks.write_unused(causal_lm.TASK, **UNUSED)
         return
     cfg = params["causal_lm"]
     test = causal_lm.load_split(PREPARED)["test"]

@@ -21,7 +21,7 @@ UNUSED = {"folders": (OUT_DIR,), "files": (METRICS,)}
 
 def main(params):
     if not causal_lm.selected(params):
-        tasks.write_unused(params["task"], **UNUSED)
+        tasks.write_unused(causal_lm.TASK, **UNUSED)
         return
     cfg = params["causal_lm"]
     val = {name: read_json(f"metrics/lm_{name}.json")["val_perplexity"] for name in SOURCES}

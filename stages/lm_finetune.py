@@ -13,7 +13,7 @@ UNUSED = {"folders": (MODEL_DIR, CURVES), "files": (METRICS, TIMING)}
 
 def main(params):
     if not causal_lm.selected(params):
-        tasks.write_unused(params["task"], **UNUSED)
+        tasks.write_unused(causal_lm.TASK, **UNUSED)
         return
     import torch
 

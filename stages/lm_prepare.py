@@ -16,7 +16,7 @@ UNUSED = {"folders": (OUT_DATA, BASE), "files": (METRICS,)}
 
 def main(params):
     if not causal_lm.selected(params):
-        tasks.write_unused(params["task"], **UNUSED)
+        tasks.write_unused(causal_lm.TASK, **UNUSED)
         return
     from transfer.data import dataset
 

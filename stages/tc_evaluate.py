@@ -15,7 +15,7 @@ UNUSED = {"files": (METRICS,)}
 
 def main(params):
     if not tc.selected(params):
-        tasks.write_unused(params["task"], **UNUSED)
+        tasks.write_unused(tc.TASK, **UNUSED)
         return
     cfg, trust = params["token_classification"], params["model"]["trust_remote_code"]
     parts, names = tc.load_split(PREPARED)

@@ -17,7 +17,7 @@ UNUSED = {"folders": (OUT_DIR,), "files": (METRICS,)}
 
 def main(params):
     if not tc.selected(params):
-        tasks.write_unused(params["task"], **UNUSED)
+        tasks.write_unused(tc.TASK, **UNUSED)
         return
     cfg, trust = params["token_classification"], params["model"]["trust_remote_code"]
     val = {name: read_json(f"metrics/tc_{name}.json")["val_entity_f1"] for name in SOURCES}

@@ -12,7 +12,7 @@ UNUSED = {"folders": (OUTPUTS[0], OUTPUTS[3]), "files": (OUTPUTS[1], OUTPUTS[2])
 
 def main(params):
     if not tc.selected(params):
-        tasks.write_unused(params["task"], **UNUSED)
+        tasks.write_unused(tc.TASK, **UNUSED)
         return
     import torch
 

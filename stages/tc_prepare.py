@@ -15,7 +15,7 @@ UNUSED = {"folders": (OUT_DIR,), "files": (METRICS,)}
 
 def main(params):
     if not tc.selected(params):
-        tasks.write_unused(params["task"], **UNUSED)
+        tasks.write_unused(tc.TASK, **UNUSED)
         return
     cfg = params["token_classification"]
     tc.check_model(cfg["model"], params["model"]["trust_remote_code"])

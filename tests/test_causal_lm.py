@@ -197,9 +197,14 @@ def test_with_another_task_the_lm_stages_write_placeholders_in_a_moment(tmp_path
     run_lm_stages(tmp_path, params)
     for folder in ("data/lm_prepared", "models/lm_base", "models/lm_pretrained", "models/lm_finetuned",
                    "models/lm_peft", "models/lm_exported"):
-        assert "task: classification" in (tmp_path / folder / "README.md").read_text()
-    for name in ("lm_data", "lm_pretrain", "lm_finetune", "lm_peft", "lm_evaluate", "lm_generations", "lm_export"):
-        assert read(tmp_path, name) == {"task": "classification"}
+        assert "while params.yaml has task: causal-lm" in (tmp_path / folder / "README.md").read_text()
+    files = ("lm_data", "lm_pretrain", "lm_finetune", "lm_peft", "lm_evaluate", "lm_generations", "lm_export")
+    for name in files:
+        assert read(tmp_path, name) == {"task": "causal-lm", "ran": False}
+    written = {path: path.read_bytes() for path in sorted(tmp_path.rglob("*")) if path.is_file()}
+    run_lm_stages(tmp_path, {**params, "task": "token-classification"})
+    assert {path: path.read_bytes() for path in sorted(tmp_path.rglob("*")) if path.is_file()} == written, \
+        "the same placeholders whichever other task is on"
 
 
 def test_check_refuses_task_mismatches_before_anything_runs(tiny_bert, tiny_llama, tmp_path, monkeypatch):

@@ -152,9 +152,9 @@ def test_with_another_task_the_tc_stages_write_placeholders(tmp_path):
 
     run_tc_stages(tmp_path, validate(default_params()))
     for folder in ("data/tc_prepared", "models/tc_finetuned", "models/tc_peft", "models/tc_exported"):
-        assert "task: classification" in (tmp_path / folder / "README.md").read_text()
+        assert "while params.yaml has task: token-classification" in (tmp_path / folder / "README.md").read_text()
     for name in ("tc_data", "tc_finetune", "tc_peft", "tc_evaluate", "tc_export"):
-        assert read(tmp_path, name) == {"task": "classification"}
+        assert read(tmp_path, name) == {"task": "token-classification", "ran": False}
 
 
 def test_check_refuses_a_model_without_a_tagging_head_and_a_wrong_strategy(tiny_bert, tmp_path, monkeypatch):

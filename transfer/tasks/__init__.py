@@ -8,16 +8,18 @@ TASKS = ("classification", "causal-lm", "token-classification")
 
 
 def write_unused(task, folders=(), files=()):
-    """What a stage of another task writes: a README in each output folder, {"task": ...} in each metrics file."""
+    """What a stage of `task` writes while params.yaml has another task: a README in each output folder,
+    {"task": ..., "ran": false} in each metrics file. The same whichever task is on, so switching between two
+    other tasks changes none of these files."""
     from transfer.outputs import replaced_together, write_json
 
     with replaced_together(*folders, *files) as temporaries:
         for folder in temporaries[:len(folders)]:
             folder.mkdir()
-            (folder / "README.md").write_text(f"# Not used\n\nparams.yaml has task: {task}. Set task to the one whose "
-                                              "stage writes this folder (`dvc exp run -S task=...`).\n")
+            (folder / "README.md").write_text(f"# Not used\n\nA stage of task {task} writes this folder while "
+                                              f"params.yaml has task: {task} (`dvc exp run -S task={task}`).\n")
         for file in temporaries[len(folders):]:
-            write_json(file, {"task": task})
+            write_json(file, {"task": task, "ran": False})
 
 
 def run_stage(task, main, folders=(), files=(), launched=False):
@@ -32,7 +34,7 @@ def run_stage(task, main, folders=(), files=(), launched=False):
     except UserError as error:
         sys.exit(f"error: {error}")
     if params["task"] != task:
-        write_unused(params["task"], folders, files)
+        write_unused(task, folders, files)
         return
     if launched:
         from transfer.training import launcher
