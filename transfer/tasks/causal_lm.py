@@ -81,7 +81,7 @@ def load_model(name, trust_remote_code=False):
     source, extra = _source(name)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
     model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=torch.float32,
-                                                 **extra)
+                                                 use_safetensors=True, **extra)  # a GGUF file loads so too
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -238,9 +238,9 @@ def load_trained(folder, base_folder):
     if (folder / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32, use_safetensors=True)
         return PeftModel.from_pretrained(base, folder), tokenizer
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), tokenizer
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True), tokenizer
 
 
 def export_onnx(folder, out_dir):
