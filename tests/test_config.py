@@ -4,7 +4,7 @@ import yaml
 from transfer import strategies
 from transfer.config import load_params, validate
 from transfer.schema import UserError
-from tests.conftest import default_params
+from tests.conftest import ROOT, default_params
 
 
 def write(tmp_path, params):
@@ -159,3 +159,33 @@ def test_a_new_strategy_is_a_file_plus_its_params_section(tmp_path):
                             env={"PYTHONPATH": str(tmp_path), "PATH": ""})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "params.yaml: missing key 'bitfit'. Add it (see README.md for its meaning)."
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
+def test_each_example_params_file_turns_into_dvc_settings_that_validate(example):
+    """examples/<task>.yaml, as README.md runs it: `dvc exp run $(python -m transfer.config --settings ...)`."""
+    from transfer import tasks
+    from transfer.config import settings
+
+    params = default_params()
+    words = settings(ROOT / "examples" / example, params)
+    assert words[0::2] == ["-S"] * (len(words) // 2)
+    changed = dict(word.split("=", 1) for word in words[1::2])
+    assert changed["task"] in tasks.TASKS and example == f"{changed['task']}.yaml"
+    for key, text in changed.items():  # DVC reads each value as YAML: it lands as the example's value
+        *path, leaf = key.split(".")
+        expected = yaml.safe_load((ROOT / "examples" / example).read_text())
+        for part in [*path, leaf]:
+            expected = expected[part]
+        assert yaml.safe_load(text) == expected
+
+
+def test_an_example_with_a_misspelt_key_or_a_spaced_value_is_refused(tmp_path):
+    from transfer.config import settings
+
+    (tmp_path / "bad.yaml").write_text("task: causal-lm\ncausal_lm:\n  strategi: lora\n")
+    with pytest.raises(UserError, match="unknown key 'causal_lm.strategi'. Did you mean 'strategy'"):
+        settings(tmp_path / "bad.yaml", default_params())
+    (tmp_path / "spaced.yaml").write_text("causal_lm:\n  source: my notes.txt\n")
+    with pytest.raises(UserError, match="holds white space"):
+        settings(tmp_path / "spaced.yaml", default_params())

@@ -1,8 +1,11 @@
 """params.yaml: load it, and refuse it with one clear message before any heavy work starts.
 
-Run `python -m transfer.config` to check a params file without running anything.
+Run `python -m transfer.config` to check a params file without running anything, and
+`python -m transfer.config --settings examples/<task>.yaml` for the `-S` words that turn params.yaml into that example.
 """
+import copy
 import difflib
+import json
 import re
 import sys
 from pathlib import Path
@@ -261,5 +264,36 @@ def run_stage(main):
         sys.exit(f"error: {error}")
 
 
+def _setting_value(key, value):
+    """`value` as `dvc exp run -S key=value` reads it (YAML), in one shell word."""
+    if isinstance(value, str) and (not value or any(c.isspace() for c in value)):
+        raise UserError(f"{key}: {value!r} holds white space, which cannot pass through `-S` in one shell word; set "
+                        "it in params.yaml instead.")
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def settings(path, params):
+    """The `-S key=value` words of `dvc exp run` that set what the YAML file at `path` sets (examples/ holds one
+    per task), each leaf of its mapping; checked against the schema together with `params`' other values, so a
+    misspelt key or a wrong value fails here with the project's message."""
+    changes = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    merged, words = copy.deepcopy(params), []
+
+    def apply(section, target, prefix):
+        for key, value in section.items():
+            if isinstance(value, dict) and isinstance(target.get(key), dict):
+                apply(value, target[key], f"{prefix}{key}.")
+            else:
+                target[key] = value
+                words.extend(["-S", f"{prefix}{key}={_setting_value(prefix + key, value)}"])
+
+    apply(changes, merged, "")
+    validate(merged)
+    return words
+
+
 if __name__ == "__main__":
-    run_stage(lambda params: print(f"{PARAMS_FILE}: ok (strategy: {params['strategy']})"))
+    if sys.argv[1:2] == ["--settings"] and len(sys.argv) == 3:  # dvc exp run $(python -m transfer.config --settings F)
+        run_stage(lambda params: print(" ".join(settings(sys.argv[2], yaml.safe_load(PARAMS_FILE.read_text())))))
+    else:
+        run_stage(lambda params: print(f"{PARAMS_FILE}: ok (strategy: {params['strategy']})"))
