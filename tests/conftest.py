@@ -127,5 +127,19 @@ def run_pipeline(folder, params):
         os.chdir(previous)
 
 
+def run_stages(folder, params, names):
+    """The stage modules `names` (stages/<name>.py), each main() in turn, in `folder`."""
+    import importlib
+
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        for name in names:
+            torch.manual_seed(0)
+            importlib.import_module(f"stages.{name}").main(params)
+    finally:
+        os.chdir(previous)
+
+
 def metrics(folder, name):
     return json.loads((folder / "metrics" / f"{name}.json").read_text())

@@ -1,12 +1,11 @@
 """Task causal-lm: the pieces in transfer/tasks/causal_lm.py on a tiny random Llama, and the lm_* stages in order."""
 import json
-import os
 import random
 
 import pytest
 import torch
 
-from tests.conftest import default_params
+from tests.conftest import default_params, run_stages
 from transfer.schema import UserError
 from transfer.tasks import causal_lm
 
@@ -124,18 +123,11 @@ def test_texts_come_from_txt_csv_and_jsonl_and_split_without_overlap(tmp_path):
         causal_lm.split_texts(texts, {**cfg, "pool_texts": 15}, seed=0)
 
 
-def run_lm_stages(folder, params, names=("lm_prepare", "lm_pretrain", "lm_finetune", "lm_peft", "lm_evaluate",
-                                         "lm_export")):
-    import importlib
+LM_STAGES = ("lm_prepare", "lm_pretrain", "lm_finetune", "lm_peft", "lm_evaluate", "lm_export")
 
-    previous = os.getcwd()
-    os.chdir(folder)
-    try:
-        for name in names:
-            torch.manual_seed(0)
-            importlib.import_module(f"stages.{name}").main(params)
-    finally:
-        os.chdir(previous)
+
+def run_lm_stages(folder, params, names=LM_STAGES):
+    run_stages(folder, params, names)
 
 
 def read(folder, name):

@@ -1,16 +1,14 @@
 """Task token-classification: reading and checking tagged files, tags on sub-words, entity scores, and the tc_*
 stages in order on the tiny BERT."""
 import json
-import os
 import random
 import re
 import subprocess
 import sys
 
 import pytest
-import torch
 
-from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE, ROOT, default_params
+from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE, ROOT, default_params, run_stages
 from transfer.schema import UserError
 from transfer.tasks import token_classification as tc
 
@@ -94,17 +92,11 @@ def tc_params(model_dir, source, **changes):
     return validate(params)
 
 
-def run_tc_stages(folder, params, names=("tc_prepare", "tc_finetune", "tc_peft", "tc_evaluate", "tc_export")):
-    import importlib
+TC_STAGES = ("tc_prepare", "tc_finetune", "tc_peft", "tc_evaluate", "tc_export")
 
-    previous = os.getcwd()
-    os.chdir(folder)
-    try:
-        for name in names:
-            torch.manual_seed(0)
-            importlib.import_module(f"stages.{name}").main(params)
-    finally:
-        os.chdir(previous)
+
+def run_tc_stages(folder, params, names=TC_STAGES):
+    run_stages(folder, params, names)
 
 
 def read(folder, name):

