@@ -1,4 +1,5 @@
 """Integration: the real MiniLM through `dvc repro` in a fresh git repo, on a tiny IMDB slice."""
+import contextlib
 import importlib.resources
 import json
 import os
@@ -44,6 +45,20 @@ def run(args, cwd, expect_success=True):
 
 def stages_run(output):
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@contextlib.contextmanager
+def left_as_found(folder):
+    """After the block: params.yaml, dvc.lock and every git-tracked file of metrics/ as they were before it, and
+    the outputs that dvc.lock names checked out: the next test finds the repo as this one did."""
+    tracked = run(["git", "ls-files", "params.yaml", "dvc.lock", "metrics"], folder).split()
+    saved = {name: (folder / name).read_bytes() for name in tracked}
+    try:
+        yield
+    finally:
+        for name, data in saved.items():
+            (folder / name).write_bytes(data)
+        run(["dvc", "checkout"], folder)
 
 
 def restored(output):
@@ -257,7 +272,7 @@ def test_task_causal_lm_trains_smollm2_and_leaves_the_classification_results_alo
                       "metrics/tc_export.json")
     before = hashes(folder, *other_tasks)
     settings = [word for setting in LM_SMALL for word in ("-S", setting)]
-    try:
+    with left_as_found(folder):
         # the tc_* stages read task too: each writes its placeholder again (the same bytes), or DVC restores it
         output = run(["dvc", "exp", "run", *settings], folder)
         assert stages_run(output) - TC_STAGES == CHECK | LM_STAGES
@@ -283,9 +298,6 @@ def test_task_causal_lm_trains_smollm2_and_leaves_the_classification_results_alo
         assert stages_run(output) == CHECK, "switched back, the lm stages are restored, not trained"
         assert all(RESTORED.format(stage) in output for stage in LM_STAGES)
         assert json.loads((folder / "metrics/lm_export.json").read_text()) == exported
-    finally:
-        run(["git", "checkout", "--", "."], folder)
-        run(["dvc", "checkout"], folder)
     assert "up to date" in run(["dvc", "status"], folder).lower()
 
 
@@ -304,7 +316,7 @@ def test_task_token_classification_tags_wnut_with_minilm_and_leaves_the_other_ta
     before = hashes(folder, *others)
     settings = ["task=token-classification", f"token_classification.source={slice_file}",
                 "token_classification.epochs=1", "token_classification.max_length=48"]
-    try:
+    with left_as_found(folder):
         output = run(["dvc", "exp", "run", *[word for s in settings for word in ("-S", s)]], folder)
         assert stages_run(output) - LM_STAGES == CHECK | TC_STAGES  # lm_*: their placeholders again, or restored
         assert stages_run(output) | restored(output) == CHECK | TC_STAGES | LM_STAGES
@@ -318,10 +330,7 @@ def test_task_token_classification_tags_wnut_with_minilm_and_leaves_the_other_ta
         assert exported["onnx_tag_agreement"] >= 0.99
         printed = run([sys.executable, "-m", "stages.tc_predict", "Barack Obama flew to Paris"], folder)
         assert printed.startswith("Barack Obama flew to Paris\n  ")
-    finally:
-        slice_file.unlink()
-        run(["git", "checkout", "--", "."], folder)
-        run(["dvc", "checkout"], folder)
+    slice_file.unlink()
     assert "up to date" in run(["dvc", "status"], folder).lower()
 
 
