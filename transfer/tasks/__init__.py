@@ -42,3 +42,36 @@ def run_stage(task, main, folders=(), files=(), launched=False):
         launcher.run_stage(main)
     else:
         checked_run(main)
+
+
+def resolve_model(name, key):
+    """`name` (a task's model param, `key`) as from_pretrained takes it, the way modeling.resolve_model finds
+    model.name (the bundled default aside: each task resolves its own), a local folder with safetensors weights
+    only; its messages name `key`."""
+    from transfer import modeling
+    from transfer.schema import UserError
+
+    try:
+        source = modeling.resolve_model(name)
+        modeling.require_safetensors(source, key)
+        return source
+    except UserError as error:
+        raise UserError(str(error).replace("model.name", key)) from None
+
+
+def injected_config(model, cfg, task_type, section):
+    """peft's config for cfg["strategy"] lora or ia3 on `model`, from a task's section (`section`): target_modules
+    and, for lora, lora_r, lora_alpha, lora_dropout; IA3's feed-forward modules are those of its targets."""
+    from peft import IA3Config, LoraConfig
+
+    from transfer.strategies import _injection
+
+    strategy = cfg["strategy"]
+    targets = _injection.target_modules(model, cfg["target_modules"], _injection.auto_targets(strategy), section)
+    if strategy == "lora":
+        return LoraConfig(task_type=task_type, r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"],
+                          lora_dropout=cfg["lora_dropout"], target_modules=targets)
+    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as feedforward
+
+    return IA3Config(task_type=task_type, target_modules=targets,
+                     feedforward_modules=[n for n in feedforward.get(model.config.model_type, []) if n in targets])

@@ -32,22 +32,18 @@ def default_gguf():
 
 def _source(name):
     """(where from_pretrained looks, its extra keywords) for causal_lm.model."""
-    from transfer import modeling
+    from transfer import tasks
 
     if name == DEFAULT_MODEL:
         gguf = default_gguf()
         return str(gguf.parent), {"gguf_file": gguf.name}
-    try:
-        source = modeling.resolve_model(name)
-        modeling.require_safetensors(source, "causal_lm.model")
-        return source, {}
-    except UserError as error:
-        raise UserError(str(error).replace("model.name", "causal_lm.model")) from None
+    return tasks.resolve_model(name, "causal_lm.model"), {}
 
 
 def check_model(name, trust_remote_code=False):
     """Refuse causal_lm.model when it is no decoder-only language model (an encoder such as BERT: transformers
-    would give it a causal head, but it was trained to fill in masks, not to continue text). Config only."""
+    would give it a causal head, but it was trained to fill in masks, not to continue text). Config only.
+    Returns (where from_pretrained looks, its extra keywords)."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
 
@@ -61,7 +57,7 @@ def check_model(name, trust_remote_code=False):
                         "decoder-only language model, so task causal-lm cannot train it. Set causal_lm.model to a "
                         "decoder-only model (SmolLM2, Llama, GPT-2, Qwen, ...; 'default' is SmolLM2-135M), or use "
                         "task: classification for this encoder.")
-    return config
+    return source, extra
 
 
 def check_strategy(strategy):
@@ -77,8 +73,7 @@ def load_model(name, trust_remote_code=False):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    check_model(name, trust_remote_code)
-    source, extra = _source(name)
+    source, extra = check_model(name, trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
     model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=torch.float32,
                                                  use_safetensors=True, **extra)  # a GGUF file loads so too
@@ -167,11 +162,6 @@ def perplexity(model, tokenizer, texts, max_length, batch_size=8):
     """exp(mean negative log-likelihood per predicted token) of `texts`, each cut to max_length tokens."""
     import torch
 
-    with torch.inference_mode():
-        return _perplexity(model, tokenizer, texts, max_length, batch_size)
-
-
-def _perplexity(model, tokenizer, texts, max_length, batch_size):
     device = next(model.parameters()).device
     model.eval()
     total, count = 0.0, 0
@@ -180,7 +170,8 @@ def _perplexity(model, tokenizer, texts, max_length, batch_size):
                           padding=True, return_token_type_ids=False, return_tensors="pt").to(device)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         predicted = int((labels[:, 1:] != -100).sum())  # the model's loss is their mean: weight it by them
-        total += model(**batch, labels=labels).loss.float().item() * predicted
+        with torch.inference_mode():
+            total += model(**batch, labels=labels).loss.float().item() * predicted
         count += predicted
     return math.exp(total / max(count, 1))
 
@@ -203,23 +194,14 @@ def generate(model, tokenizer, prompts, max_new_tokens):
 
 def with_strategy(model, cfg):
     """`model` wrapped by peft for causal_lm.strategy (lora, ia3, prompt, prefix) with causal_lm's settings."""
-    from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+    from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 
-    from transfer.strategies import _injection
+    from transfer import tasks
 
     strategy, task = cfg["strategy"], TaskType.CAUSAL_LM
     check_strategy(strategy)
     if strategy in ("lora", "ia3"):
-        targets = _injection.target_modules(model, cfg["target_modules"], _injection.auto_targets(strategy),
-                                            "causal_lm")
-    if strategy == "lora":
-        config = LoraConfig(task_type=task, r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"],
-                            lora_dropout=cfg["lora_dropout"], target_modules=targets)
-    elif strategy == "ia3":
-        from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as feedforward
-
-        config = IA3Config(task_type=task, target_modules=targets,
-                           feedforward_modules=[n for n in feedforward.get(model.config.model_type, []) if n in targets])
+        config = tasks.injected_config(model, cfg, task, "causal_lm")
     elif strategy == "prefix":
         config = PrefixTuningConfig(task_type=task, num_virtual_tokens=cfg["num_virtual_tokens"])
     else:

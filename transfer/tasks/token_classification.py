@@ -229,13 +229,9 @@ def check_model(name, trust_remote_code=False):
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING
 
-    from transfer import modeling
+    from transfer import modeling, tasks
 
-    try:
-        source = modeling.resolve_model(name)
-        modeling.require_safetensors(source, "token_classification.model")
-    except UserError as error:
-        raise UserError(str(error).replace("model.name", "token_classification.model")) from None
+    source = tasks.resolve_model(name, "token_classification.model")
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     if type(config) not in MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING:
         raise UserError(f"token_classification.model {name!r} is a {config.model_type!r} model, which transformers "
@@ -263,23 +259,12 @@ def load_model(source, names=None, trust_remote_code=False):
 
 def with_strategy(model, cfg):
     """`model` wrapped by peft for token_classification.strategy (lora, ia3); the tagging head trains in full."""
-    from peft import IA3Config, LoraConfig, TaskType, get_peft_model
+    from peft import TaskType, get_peft_model
 
-    from transfer.strategies import _injection
+    from transfer import tasks
 
-    strategy = cfg["strategy"]
-    check_strategy(strategy)
-    targets = _injection.target_modules(model, cfg["target_modules"], _injection.auto_targets(strategy),
-                                        "token_classification")
-    if strategy == "lora":
-        config = LoraConfig(task_type=TaskType.TOKEN_CLS, r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"],
-                            lora_dropout=cfg["lora_dropout"], target_modules=targets)
-    else:
-        from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as feedforward
-
-        config = IA3Config(task_type=TaskType.TOKEN_CLS, target_modules=targets,
-                           feedforward_modules=[n for n in feedforward.get(model.config.model_type, []) if n in targets])
-    return get_peft_model(model, config)
+    check_strategy(cfg["strategy"])
+    return get_peft_model(model, tasks.injected_config(model, cfg, TaskType.TOKEN_CLS, "token_classification"))
 
 
 def train(model, tokenizer, parts, cfg, params, output_dir, epochs, learning_rate, curves_dir=None):
