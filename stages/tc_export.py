@@ -25,7 +25,7 @@ def main(params):
     parts, names = tc.load_split(PREPARED)
     model, tokenizer = tc.load_trained(SOURCES[source], names, tc.check_model(cfg["model"], trust), trust)
     if source == "peft":
-        model = model.merge_and_unload()
+        model = tc.merged(model)
     tagged = tc.predict_tags(model, tokenizer, parts["test"], cfg["max_length"])
     result = {"source": source, "val_entity_f1": val,
               "test_entity_f1": tc.entity_scores([tags for _, tags in parts["test"]], tagged)["f1"]}

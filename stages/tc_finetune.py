@@ -21,6 +21,7 @@ def main(params):
     source = tc.check_model(cfg["model"], params["model"]["trust_remote_code"])
     torch.manual_seed(params["seed"])
     model, tokenizer = tc.load_model(source, names, params["model"]["trust_remote_code"])
+    model = tc.with_crf(model, cfg)
     tc.train_and_save("tc_finetune", model, tokenizer, parts, params, cfg["epochs"], cfg["finetune_learning_rate"],
                       [PREPARED])
 

@@ -21,7 +21,7 @@ def main(params):
     source = tc.check_model(cfg["model"], params["model"]["trust_remote_code"])
     torch.manual_seed(params["seed"])
     model, tokenizer = tc.load_model(source, names, params["model"]["trust_remote_code"])
-    model = tc.with_strategy(model, cfg)
+    model = tc.with_crf(tc.with_strategy(model, cfg), cfg)
     tc.train_and_save("tc_peft", model, tokenizer, parts, params, cfg["epochs"],
                       cfg["peft_learning_rates"][cfg["strategy"]], [PREPARED], facts={"strategy": cfg["strategy"]})
 

@@ -13,7 +13,7 @@ def main(argv=None):
     parser.add_argument("--max-length", type=int, default=128)
     args = parser.parse_args(argv)
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    model, tokenizer = tc.load_model(args.model, None)
+    model, tokenizer = tc.load_trained(args.model, None, None)
     sentences = [(text.split(), None) for text in texts]
     for text, (tokens, _), tags in zip(texts, sentences, tc.predict_tags(model, tokenizer, sentences,
                                                                            args.max_length)):

@@ -107,7 +107,7 @@ def read(folder, name):
 def tc_run(tiny_bert, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tc-pipeline")
     (folder / "tagged.conll").write_text(conll(tagged_sentences(400)))
-    params = tc_params(tiny_bert, folder / "tagged.conll")
+    params = tc_params(tiny_bert, folder / "tagged.conll", crf=False)  # the softmax head: each word its own tag
     run_tc_stages(folder, params)
     return folder, params
 
@@ -132,6 +132,7 @@ def test_the_tc_stages_learn_the_tags_beat_the_baseline_and_export(tc_run):
         "the exported (merged) tagger scores as the model it came from"
     assert exported["onnx_tag_agreement"] == 1.0
     assert not (folder / "models/tc_exported/adapter_config.json").exists()
+    assert not (folder / "models/tc_exported/crf.safetensors").exists()
 
     printed = subprocess.run([sys.executable, "-m", "stages.tc_predict", "--model",
                               str(folder / "models/tc_exported"), "the great film was awful"],
@@ -163,3 +164,67 @@ def test_check_refuses_a_model_without_a_tagging_head_and_a_wrong_strategy(tiny_
     with pytest.raises(UserError, match="token_classification.model"):
         check.main(params)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def tc_crf_run(tiny_bert, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tc-crf-pipeline")
+    (folder / "tagged.conll").write_text(conll(tagged_sentences(400)))
+    params = tc_params(tiny_bert, folder / "tagged.conll", crf=True)
+    run_tc_stages(folder, params)
+    return folder, params
+
+
+def test_with_crf_the_tc_stages_learn_transitions_decode_valid_tags_and_export_them(tc_crf_run):
+    from safetensors.torch import load_file
+
+    from transfer import crf
+
+    folder, _ = tc_crf_run
+    for model in ("tc_finetuned", "tc_peft", "tc_exported"):
+        assert crf.saved_in(folder / "models" / model), model
+    names = read(folder, "tc_data")["labels"]
+    transitions = load_file(folder / "models/tc_finetuned" / crf.FILE)["transitions"]
+    allowed, _ = crf.allowed_transitions(names)
+    assert transitions[allowed].abs().max() > 0.1, "the transitions trained away from zero"
+    b_pos = names.index("B-POS")
+    assert transitions[b_pos, names.index("I-POS")] > transitions[b_pos, names.index("O")], \
+        "in the data B-POS is always followed by I-POS"
+    peft = read(folder, "tc_peft")
+    assert peft["trainable_params"] < 0.5 * peft["total_params"]
+    evaluated = read(folder, "tc_evaluate")
+    for name in ("finetune", "peft"):
+        assert evaluated[name]["f1"] > max(0.9, evaluated["baseline"]["f1"]), (name, evaluated)
+    exported = read(folder, "tc_export")
+    assert exported["test_entity_f1"] == pytest.approx(evaluated[exported["source"]]["f1"], abs=1e-4)
+    assert exported["onnx_tag_agreement"] == 1.0
+    printed = subprocess.run([sys.executable, "-m", "stages.tc_predict", "--model",
+                              str(folder / "models/tc_exported"), "the great film was awful"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "POS: great film" in printed and "NEG: awful" in printed
+
+
+def test_the_crf_takes_part_in_what_the_tagger_predicts(tiny_bert):
+    """The same token scores give the CRF's tags, not each word's highest: a start score that favours B-POS
+    decides the first word's tag."""
+    import torch
+
+    from transfer import crf
+
+    names = ["O", "B-NEG", "I-NEG", "B-POS", "I-POS"]
+    plain, tokenizer = tc.load_model(str(tiny_bert), names)
+    tagger = crf.CRFTagger(plain, names)
+    sentences = [(["good", "film", "awful", "bad"], None)] * 2
+    alone, with_crf = (tc.predict_tags(model, tokenizer, sentences, 32) for model in (plain, tagger))
+    assert all(map(tc_valid, with_crf))
+    if all(map(tc_valid, alone)):
+        assert with_crf == alone, "zero transitions change only what IOB2 forbids"
+    with torch.no_grad():
+        tagger.crf.start.fill_(-50.0)
+        tagger.crf.start[names.index("B-POS")] = 50.0
+    decoded = tc.predict_tags(tagger, tokenizer, sentences, 32)
+    assert [tags[0] for tags in decoded] == ["B-POS", "B-POS"] and all(map(tc_valid, decoded))
+
+
+def tc_valid(tags):
+    return all(not b.startswith("I-") or (a != "O" and a[2:] == b[2:]) for a, b in zip(["O"] + tags, tags))

@@ -111,6 +111,7 @@ SCHEMA = {
         "lora_r": POSITIVE_INT, "lora_alpha": number(float, 0.0, low_open=True),
         "lora_dropout": number(float, 0.0, 1.0), "target_modules": MODULE_NAMES,
         "export_source": choice("best", "finetune", "peft"),
+        "crf": BOOL, "crf_learning_rate": LEARNING_RATE,
     },
     "causal_lm": {
         "model": (str, lambda v: bool(v.strip()),

@@ -174,21 +174,27 @@ def entity_scores(true_tags, predicted_tags):
                          for kind, r in report.items() if not kind.endswith(" avg")}}
 
 
-def tags_from_logits(logits, labels, names):
-    """Per sentence, the predicted tag of each word scored (first sub-word token: labels != -100) and its true tag."""
-    true, predicted = [], []
-    for row_logits, row_labels in zip(logits, labels):
-        kept = [(int(p), int(t)) for p, t in zip(row_logits.argmax(-1), row_labels) if t != -100]
-        predicted.append([names[p] for p, _ in kept])
-        true.append([names[t] for _, t in kept])
-    return true, predicted
+def tags_from_logits(logits, labels, names, tagger=None):
+    """Per sentence, the predicted tag of each word scored (first sub-word token: labels != -100) and its true tag;
+    a CRF `tagger` decodes each sentence's tags together, otherwise each word takes its highest score."""
+    import numpy as np
+
+    scored = np.asarray(labels) != -100
+    if tagger is not None and hasattr(tagger, "crf"):
+        paths = tagger.decode(np.asarray(logits), scored)
+    else:
+        paths = [row_logits.argmax(-1)[row_scored].tolist() for row_logits, row_scored in zip(logits, scored)]
+    true = [[names[int(t)] for t in row_labels[row_scored]] for row_labels, row_scored in zip(labels, scored)]
+    return true, [[names[p] for p in path] for path in paths]
 
 
-def predict_tags(model, tokenizer, sentences, max_length, batch_size=32):
-    """The predicted tag of every word of each (tokens, _) sentence, in order; words cut off by max_length get O."""
+def predict_tags(model, tokenizer, sentences, max_length, batch_size=32, crf_tagger=None):
+    """The predicted tag of every word of each (tokens, _) sentence, in order; words cut off by max_length get O.
+    A CRF tagger (the model itself, or `crf_tagger` beside an ONNX model's scores) decodes each sentence whole."""
     import torch
 
     names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    crf_tagger = crf_tagger or (model if hasattr(model, "crf") else None)
     device = model.device  # a PyTorch model's, or an ONNX Runtime one's (export checks the two agree)
     if hasattr(model, "eval"):
         model.eval()
@@ -198,13 +204,22 @@ def predict_tags(model, tokenizer, sentences, max_length, batch_size=32):
         batch = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length, padding=True,
                           return_tensors="pt")
         with torch.inference_mode():
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-        for row, tokens in enumerate(words):
-            tags, previous = ["O"] * len(tokens), None
-            for position, word in enumerate(batch.word_ids(row)):
-                if word is not None and word != previous:
-                    tags[word] = names[int(logits[row, position].argmax())]
-                previous = word
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+        firsts = []  # per sentence, (position, word) of each word's first sub-word token
+        for row in range(len(words)):
+            ids = batch.word_ids(row)
+            firsts.append([(p, w) for p, w in enumerate(ids) if w is not None and (p == 0 or ids[p - 1] != w)])
+        if crf_tagger is not None:
+            word_mask = torch.zeros(logits.shape[:2], dtype=torch.bool)
+            for row, pairs in enumerate(firsts):
+                word_mask[row, [p for p, _ in pairs]] = True
+            paths = crf_tagger.decode(logits, word_mask)
+        else:
+            paths = [[int(logits[row, p].argmax()) for p, _ in pairs] for row, pairs in enumerate(firsts)]
+        for tokens, pairs, path in zip(words, firsts, paths):
+            tags = ["O"] * len(tokens)
+            for (_, word), tag in zip(pairs, path):
+                tags[word] = names[tag]
             result.append(tags)
     return result
 
@@ -286,7 +301,7 @@ def train(model, tokenizer, parts, cfg, params, output_dir, epochs, learning_rat
                           for name in ("train", "validation"))
 
     def validation_f1(prediction):  # label_ids come back beside the predictions, in the same order
-        true, predicted = tags_from_logits(prediction.predictions, prediction.label_ids, names)
+        true, predicted = tags_from_logits(prediction.predictions, prediction.label_ids, names, model)
         return {"entity_f1": entity_scores(true, predicted)["f1"]}
 
     args = plain_cpu(TrainingArguments(
@@ -299,11 +314,29 @@ def train(model, tokenizer, parts, cfg, params, output_dir, epochs, learning_rat
         **training_arguments(params["compute"])))
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
                       data_collator=DataCollatorForTokenClassification(tokenizer), compute_metrics=validation_f1,
-                      callbacks=[LiveCurves(curves_dir)] if curves_dir else [])
+                      callbacks=[LiveCurves(curves_dir)] if curves_dir else [],
+                      optimizers=(crf_optimizer(model, args, cfg["crf_learning_rate"]), None) if hasattr(model, "crf")
+                      else (None, None))
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_point(output_dir))
     seconds = time.perf_counter() - started
     return seconds, trainer.evaluate()["eval_entity_f1"]
+
+
+def crf_optimizer(model, args, crf_learning_rate):
+    """The Trainer's own optimizer and weight decay (none on biases and norms), with the CRF's transitions at their
+    own rate: at the encoder's (1e-4) they would barely move from zero in a few hundred steps."""
+    from transformers import Trainer
+
+    optimizer_class, options = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    groups = {"decay": [], "no_decay": [], "crf": []}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            group = "crf" if name.startswith("crf.") else "no_decay" if parameter.ndim < 2 else "decay"
+            groups[group].append(parameter)
+    return optimizer_class([{"params": groups["decay"], "weight_decay": args.weight_decay},
+                            {"params": groups["no_decay"], "weight_decay": 0.0},
+                            {"params": groups["crf"], "weight_decay": 0.0, "lr": crf_learning_rate}], **options)
 
 
 def word_memory_baseline(parts):
@@ -371,14 +404,35 @@ def train_and_save(stage, model, tokenizer, parts, params, epochs, learning_rate
 
 
 def load_trained(folder, names, base_source, trust_remote_code=False):
-    """A saved tagger: a plain one, or (peft's adapter_config.json in `folder`) the base model with the adapter."""
+    """A saved tagger: a plain one, or (peft's adapter_config.json in `folder`) the base model with the adapter;
+    with its CRF where the folder holds one (crf.FILE)."""
+    from transfer import crf
+
     folder = Path(folder)
     if (folder / "adapter_config.json").is_file():
         from peft import PeftModel
 
         base, tokenizer = load_model(base_source, names, trust_remote_code)
-        return PeftModel.from_pretrained(base, folder), tokenizer
-    return load_model(str(folder), names, trust_remote_code)
+        model = PeftModel.from_pretrained(base, folder)
+    else:
+        model, tokenizer = load_model(str(folder), names, trust_remote_code)
+    return (crf.load(model, folder) if crf.saved_in(folder) else model), tokenizer
+
+
+def with_crf(model, cfg):
+    """`model` under a CRF head where token_classification.crf is true."""
+    from transfer import crf
+
+    names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    return crf.CRFTagger(model, names) if cfg["crf"] else model
+
+
+def merged(model):
+    """A peft tagger's adapter merged into its weights (under its CRF, if it has one)."""
+    if hasattr(model, "crf"):
+        model.tagger = model.tagger.merge_and_unload()
+        return model
+    return model.merge_and_unload()
 
 
 def export_onnx(folder, out_dir, tokenizer, sentences, torch_tags, max_length):
@@ -389,6 +443,9 @@ def export_onnx(folder, out_dir, tokenizer, sentences, torch_tags, max_length):
 
     main_export(str(folder), output=str(out_dir), task="token-classification", do_validation=False)
     session = ORTModelForTokenClassification.from_pretrained(out_dir)
-    onnx_tags = predict_tags(session, tokenizer, sentences, max_length)
+    from transfer import crf
+
+    crf_tagger = crf.load(session, folder) if crf.saved_in(folder) else None  # decodes the ONNX model's scores
+    onnx_tags = predict_tags(session, tokenizer, sentences, max_length, crf_tagger=crf_tagger)
     pairs = [(a, b) for ours, theirs in zip(torch_tags, onnx_tags) for a, b in zip(ours, theirs)]
     return sum(a == b for a, b in pairs) / max(len(pairs), 1)
