@@ -213,7 +213,7 @@ def test_the_crf_takes_part_in_what_the_tagger_predicts(tiny_bert):
 
     names = ["O", "B-NEG", "I-NEG", "B-POS", "I-POS"]
     plain, tokenizer = tc.load_model(str(tiny_bert), names)
-    tagger = crf.CRFTagger(plain, names)
+    tagger = crf.CRFTagger(plain)
     sentences = [(["good", "film", "awful", "bad"], None)] * 2
     alone, with_crf = (tc.predict_tags(model, tokenizer, sentences, 32) for model in (plain, tagger))
     assert all(map(tc_valid, with_crf))

@@ -91,11 +91,13 @@ def word_level(logits, word_mask, labels=None):
 class CRFTagger(nn.Module):
     """A token-classification model (plain or peft-wrapped) whose scores at each word's first sub-word token feed a
     CRF. forward returns the token scores as `logits`, and with labels (-100 off the words) the CRF's negative
-    log-likelihood per word as `loss`; `decode` turns scores into tags."""
+    log-likelihood per word as `loss`; `decode` turns scores into tags. Its tags are those of the tagger's config."""
 
-    def __init__(self, tagger, names):
+    def __init__(self, tagger):
         super().__init__()
-        self.tagger, self.crf = tagger, CRF(names)
+        from transfer.tasks.token_classification import tag_names
+
+        self.tagger, self.crf = tagger, CRF(tag_names(tagger.config))
 
     @property
     def config(self):
@@ -138,6 +140,6 @@ def load(tagger, folder):
     """`tagger` (loaded from `folder`, or its base plus the adapter there) with the CRF saved in `folder`."""
     from safetensors.torch import load_file
 
-    model = CRFTagger(tagger, [tagger.config.id2label[i] for i in range(len(tagger.config.id2label))])
+    model = CRFTagger(tagger)
     model.crf.load_state_dict(load_file(Path(folder) / FILE))
     return model

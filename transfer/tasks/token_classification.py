@@ -174,13 +174,18 @@ def entity_scores(true_tags, predicted_tags):
                          for kind, r in report.items() if not kind.endswith(" avg")}}
 
 
+def tag_names(config):
+    """The tags of a tagger's config, in id order."""
+    return [config.id2label[i] for i in range(len(config.id2label))]
+
+
 def tags_from_logits(logits, labels, names, tagger=None):
     """Per sentence, the predicted tag of each word scored (first sub-word token: labels != -100) and its true tag;
     a CRF `tagger` decodes each sentence's tags together, otherwise each word takes its highest score."""
     import numpy as np
 
     scored = np.asarray(labels) != -100
-    if tagger is not None and hasattr(tagger, "crf"):
+    if hasattr(tagger, "crf"):
         paths = tagger.decode(np.asarray(logits), scored)
     else:
         paths = [row_logits.argmax(-1)[row_scored].tolist() for row_logits, row_scored in zip(logits, scored)]
@@ -193,7 +198,7 @@ def predict_tags(model, tokenizer, sentences, max_length, batch_size=32, crf_tag
     A CRF tagger (the model itself, or `crf_tagger` beside an ONNX model's scores) decodes each sentence whole."""
     import torch
 
-    names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    names = tag_names(model.config)
     crf_tagger = crf_tagger or (model if hasattr(model, "crf") else None)
     device = model.device  # a PyTorch model's, or an ONNX Runtime one's (export checks the two agree)
     if hasattr(model, "eval"):
@@ -295,7 +300,7 @@ def train(model, tokenizer, parts, cfg, params, output_dir, epochs, learning_rat
     from transfer.training.launcher import per_process, plain_cpu
     from transfer.training.tracking import LiveCurves, show_progress
 
-    names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    names = tag_names(model.config)
     label_ids = {name: i for i, name in enumerate(names)}
     train_set, val_set = (Dataset.from_dict(dict(encode(parts[name], tokenizer, label_ids, cfg["max_length"])))
                           for name in ("train", "validation"))
@@ -423,8 +428,7 @@ def with_crf(model, cfg):
     """`model` under a CRF head where token_classification.crf is true."""
     from transfer import crf
 
-    names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-    return crf.CRFTagger(model, names) if cfg["crf"] else model
+    return crf.CRFTagger(model) if cfg["crf"] else model
 
 
 def merged(model):
