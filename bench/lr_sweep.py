@@ -65,8 +65,9 @@ def table(results):
     for name, row in results.items():
         tried = "<br>".join(f"{shown(run['learning_rate'])}: {run['val_macro_f1']:.4f} / {run['test_macro_f1']:.4f}"
                             for run in row["runs"])
-        seconds = sum(run["train_seconds"] for run in row["runs"]) / len(row["runs"])
-        lines.append(f"| {name} | {shown(row['current'])} | {tried} | {shown(row['chosen'])} | {seconds:.0f} |")
+        seconds = "<br>".join(f"{run['train_seconds']:.0f}" + (" (bf16)" if run.get("precision") == "bf16" else "")
+                              for run in row["runs"])
+        lines.append(f"| {name} | {shown(row['current'])} | {tried} | {shown(row['chosen'])} | {seconds} |")
     return "\n".join(lines)
 
 
@@ -75,8 +76,12 @@ def main():
     parser.add_argument("--strategies", required=True, help=f"comma-separated strategy names, or '{FULL}'")
     parser.add_argument("--factors", default="0.333,1,3", help="multiples of params.yaml's rate to try")
     parser.add_argument("--write-params", action="store_true", help="write each chosen rate into params.yaml")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), help="compute.precision of these runs "
+                        "(default params.yaml's; bf16 halves a CPU run where the CPU has AVX-512 BF16 or AMX)")
     args = parser.parse_args()
     params = load_params(ROOT / "params.yaml")
+    precision = args.precision or params["compute"]["precision"]
+    params["compute"]["precision"] = precision
     parts, names = dataset.load_prepared(ROOT / "data/prepared")
     tokenizer = modeling.load_tokenizer(PRETRAINED)
     previous = json.loads(OUT.read_text()) if OUT.exists() else {}
@@ -93,7 +98,8 @@ def main():
             run_params[section(name)]["learning_rate"] = rate
             print(f"--- {name} at learning rate {shown(rate)}", flush=True)
             result = run_one(name, run_params, parts, names, tokenizer, len(parts["train"]))
-            runs.append({"learning_rate": rate, "val_macro_f1": round(result["val_macro_f1"], 4),
+            runs.append({"learning_rate": rate, "precision": precision,
+                         "val_macro_f1": round(result["val_macro_f1"], 4),
                          "test_macro_f1": round(result["test_macro_f1"], 4),
                          "train_seconds": round(total_train_seconds(result), 1)})
             print(json.dumps(runs[-1]), flush=True)
@@ -106,7 +112,8 @@ def main():
         f"on {cpu()['name']} ({torch.get_num_threads()} threads): all-MiniLM-L6-v2 after the pretrain stage, "
         f"{len(parts['train']):,} IMDB training labels, {len(parts['validation'])} validation and "
         f"{len(parts['test']):,} "
-        f"test reviews, one seed ({params['seed']}), params.yaml otherwise.\n\n{table(results)}\n")
+        f"test reviews, one seed ({params['seed']}), params.yaml otherwise; fp32 unless the run says bf16 "
+        f"(`--precision bf16`).\n\n{table(results)}\n")
     print(table(results))
     if args.write_params:
         text = (ROOT / "params.yaml").read_text()

@@ -5,6 +5,7 @@
     python bench/strategies.py --strategies lora,frozen --name quick
     python bench/strategies.py --strategies frozen --update    # re-measure one row of bench/results/strategies.json
     python bench/strategies.py --seeds 42,43,44     # each strategy over 3 seeds: mean, 95% interval, significance
+    python bench/strategies.py --readme             # README.md's table rewritten from bench/results/strategies.json
 
 Over several seeds a row holds each run, the mean test macro-F1 with its 95% t-interval, and Welch's t-test of the
 difference to the full fine-tune's runs (significant: p < 0.05). The seed sets the head's initial weights, the batch
@@ -16,6 +17,7 @@ stage would (same params, seed, Trainer) and is scored on the test split. Result
 """
 import argparse
 import json
+import re
 import shutil
 import sys
 import time
@@ -26,14 +28,17 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.inference import cpu  # noqa: E402
 from transfer import modeling, strategies  # noqa: E402
 from transfer.config import load_params  # noqa: E402
 from transfer.data import dataset  # noqa: E402
 from transfer.evaluation import intervals  # noqa: E402
 from transfer.tasks.classification import classification_report  # noqa: E402
+from transfer.training import compute  # noqa: E402
 from transfer.training.classifier import train_classifier  # noqa: E402
 
 PRETRAINED = ROOT / "models/pretrained"
+README = ROOT / "README.md"
 FULL = "full fine-tune"
 RUN_KEYS = ("seed", "test_macro_f1", "test_accuracy", "val_macro_f1", "train_seconds", "domain_adapter_seconds",
             "epochs_run", "peak_memory_mb")
@@ -108,10 +113,31 @@ def table(results):
             verdict = f"{'yes' if versus['significant'] else 'no'} ({versus['p_value']:.3f})"
         mark = " *" if r.get("updated") else ""
         lines.append(f"| {r['strategy']}{mark} | {r['train_rows']} | {r['trainable_params']:,} | "
-                     f"{r['trainable_fraction']:.2%} | {r['train_seconds']:.0f} | {f1} | {ratio} | {verdict} |")
+                     f"{r['trainable_fraction']:.2%} | {total_train_seconds(r):.0f} | {f1} | {ratio} | {verdict} |")
     if any(r.get("updated") for r in results):
         lines.append("\n\\* re-measured later, alone, with `--update` (see the commands above)")
     return "\n".join(lines)
+
+
+def readme_markers(name):
+    return f"<!-- table from bench/results/{name}.json: python bench/strategies.py --name {name} --readme -->", \
+        f"<!-- end of the table from bench/results/{name}.json -->"
+
+
+def readme_table(text, name):
+    """The table between `name`'s markers in README.md's text, or None where it has none."""
+    start, end = readme_markers(name)
+    match = re.search(re.escape(start) + r"\n(.*?)\n" + re.escape(end), text, re.DOTALL)
+    return match and match.group(1)
+
+
+def with_readme_table(text, name, results):
+    """README.md's text with `name`'s table rewritten from its results."""
+    if readme_table(text, name) is None:
+        raise SystemExit(f"README.md has no table for {name}: put the lines {' and '.join(readme_markers(name))} "
+                         "where it goes")
+    start, end = readme_markers(name)
+    return text.replace(f"{start}\n{readme_table(text, name)}\n{end}", f"{start}\n{table(results)}\n{end}")
 
 
 def plot(results, path, title):
@@ -150,17 +176,26 @@ def main():
     parser.add_argument("--epochs", type=int, default=None, help="override finetune.epochs and peft.epochs")
     parser.add_argument("--seeds", default=None,
                         help="comma-separated seeds, each strategy trained once per seed (default: params.yaml's)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), help="compute.precision of every run "
+                        "(default params.yaml's; bf16 halves a CPU run where the CPU has AVX-512 BF16 or AMX)")
     parser.add_argument("--name", default="strategies")
+    parser.add_argument("--readme", action="store_true",
+                        help="train nothing: rewrite README.md's table from bench/results/<name>.json")
     parser.add_argument("--update", action="store_true",
                         help="replace these strategies' rows in the existing results instead of starting afresh")
     args = parser.parse_args()
+    out = ROOT / "bench/results" / f"{args.name}.json"
+    if args.readme:
+        README.write_text(with_readme_table(README.read_text(), args.name, json.loads(out.read_text())["results"]))
+        return
     params = load_params(ROOT / "params.yaml")
+    if args.precision:
+        params["compute"]["precision"] = args.precision
     if args.epochs:
         params["finetune"]["epochs"] = params["peft"]["epochs"] = args.epochs
     parts, names = dataset.load_prepared(ROOT / "data/prepared")
     tokenizer = modeling.load_tokenizer(PRETRAINED)
     rows = args.max_train or len(parts["train"])
-    out = ROOT / "bench/results" / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     command = f"python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}".strip()
     previous = json.loads(out.read_text()) if args.update and out.exists() else {}
@@ -177,14 +212,17 @@ def main():
         index = next((i for i, r in enumerate(results) if r["strategy"] == name), len(results))
         results[index:index + 1] = [result]
         compare_to_full(results)
-        out.write_text(json.dumps({"device": str(modeling.pick_device()), "torch_threads": torch.get_num_threads(),
+        out.write_text(json.dumps({"device": str(modeling.pick_device()), "cpu": cpu(),
+                                   "precision": compute.precision(params["compute"]["precision"]),
+                                   "torch_threads": torch.get_num_threads(),
                                    "commands": commands, "results": results}, indent=2) + "\n")
     title = (f"{len(results)} strategies, {rows} training labels, {params['peft']['epochs']} epochs, "
              f"seeds {', '.join(map(str, seeds))}, all-MiniLM-L6-v2 on IMDB")
     plot(results, ROOT / "bench" / f"{args.name}.png", title)
+    device = cpu()["name"] if modeling.pick_device().type == "cpu" else torch.cuda.get_device_name()
     (ROOT / "bench" / f"{args.name}.md").write_text(
-        f"# {title}\n\nMeasured by `{'`, then `'.join(commands)}` on "
-        f"{modeling.pick_device()} ({torch.get_num_threads()} threads); test split of {len(parts['test'])} reviews.\n\n"
+        f"# {title}\n\nMeasured by `{'`, then `'.join(commands)}` on {device} ({torch.get_num_threads()} threads, "
+        f"{compute.precision(params['compute']['precision'])}); test split of {len(parts['test'])} reviews.\n\n"
         f"{table(results)}\n\n![macro-F1 vs trainable fraction and train time]({args.name}.png)\n")
     print(table(results))
 
