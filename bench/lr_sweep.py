@@ -33,6 +33,7 @@ from bench.strategies import FULL, PRETRAINED, run_one, total_train_seconds  # n
 from transfer import modeling  # noqa: E402
 from transfer.config import load_params  # noqa: E402
 from transfer.data import dataset  # noqa: E402
+from transfer.training import compute  # noqa: E402
 
 OUT = ROOT / "bench/results/lr_sweep.json"
 
@@ -80,8 +81,8 @@ def main():
                         "(default params.yaml's; bf16 halves a CPU run where the CPU has AVX-512 BF16 or AMX)")
     args = parser.parse_args()
     params = load_params(ROOT / "params.yaml")
-    precision = args.precision or params["compute"]["precision"]
-    params["compute"]["precision"] = precision
+    params["compute"]["precision"] = args.precision or params["compute"]["precision"]
+    precision = compute.precision(params["compute"]["precision"])  # as it ran: auto is fp32 on a CPU
     parts, names = dataset.load_prepared(ROOT / "data/prepared")
     tokenizer = modeling.load_tokenizer(PRETRAINED)
     previous = json.loads(OUT.read_text()) if OUT.exists() else {}

@@ -124,20 +124,25 @@ def readme_markers(name):
         f"<!-- end of the table from bench/results/{name}.json -->"
 
 
+def readme_pattern(name):
+    start, end = readme_markers(name)
+    return re.compile(f"({re.escape(start)}\\n)(.*?)(\\n{re.escape(end)})", re.DOTALL)
+
+
 def readme_table(text, name):
     """The table between `name`'s markers in README.md's text, or None where it has none."""
-    start, end = readme_markers(name)
-    match = re.search(re.escape(start) + r"\n(.*?)\n" + re.escape(end), text, re.DOTALL)
-    return match and match.group(1)
+    match = readme_pattern(name).search(text)
+    return match and match.group(2)
 
 
 def with_readme_table(text, name, results):
     """README.md's text with `name`'s table rewritten from its results."""
-    if readme_table(text, name) is None:
+    rewritten, found = readme_pattern(name).subn(lambda match: match.group(1) + table(results) + match.group(3),
+                                                 text, count=1)
+    if not found:
         raise SystemExit(f"README.md has no table for {name}: put the lines {' and '.join(readme_markers(name))} "
                          "where it goes")
-    start, end = readme_markers(name)
-    return text.replace(f"{start}\n{readme_table(text, name)}\n{end}", f"{start}\n{table(results)}\n{end}")
+    return rewritten
 
 
 def plot(results, path, title):
@@ -191,6 +196,7 @@ def main():
     params = load_params(ROOT / "params.yaml")
     if args.precision:
         params["compute"]["precision"] = args.precision
+    precision = compute.precision(params["compute"]["precision"])
     if args.epochs:
         params["finetune"]["epochs"] = params["peft"]["epochs"] = args.epochs
     parts, names = dataset.load_prepared(ROOT / "data/prepared")
@@ -213,7 +219,7 @@ def main():
         results[index:index + 1] = [result]
         compare_to_full(results)
         out.write_text(json.dumps({"device": str(modeling.pick_device()), "cpu": cpu(),
-                                   "precision": compute.precision(params["compute"]["precision"]),
+                                   "precision": precision,
                                    "torch_threads": torch.get_num_threads(),
                                    "commands": commands, "results": results}, indent=2) + "\n")
     title = (f"{len(results)} strategies, {rows} training labels, {params['peft']['epochs']} epochs, "
@@ -222,7 +228,7 @@ def main():
     device = cpu()["name"] if modeling.pick_device().type == "cpu" else torch.cuda.get_device_name()
     (ROOT / "bench" / f"{args.name}.md").write_text(
         f"# {title}\n\nMeasured by `{'`, then `'.join(commands)}` on {device} ({torch.get_num_threads()} threads, "
-        f"{compute.precision(params['compute']['precision'])}); test split of {len(parts['test'])} reviews.\n\n"
+        f"{precision}); test split of {len(parts['test'])} reviews.\n\n"
         f"{table(results)}\n\n![macro-F1 vs trainable fraction and train time]({args.name}.png)\n")
     print(table(results))
 
