@@ -6,8 +6,9 @@ import torch
 from transformers import TrainerCallback
 
 from transfer import strategies
-from transfer.modeling import load_classifier, load_tokenizer
-from transfer.training.classifier import train_classifier
+from transfer.modeling import load_classifier, load_tokenizer, predict
+from transfer.tasks.classification import classification_report
+from transfer.training.classifier import ResumableTrainer, train_classifier
 from tests.conftest import default_params, toy_texts
 
 NAMES = ["negative", "positive"]
@@ -81,6 +82,41 @@ def test_without_a_worse_epoch_training_runs_every_epoch(tiny_bert, tmp_path):
     results = train(tiny_bert, classifier(tiny_bert), toy_params(early_stopping_patience=5), tmp_path / "more",
                     epochs=3, learning_rate=0.0)
     assert results["epochs_run"] == 3
+
+
+class CountingTrainer(ResumableTrainer):
+    """Counts the passes over a split outside training (predict)."""
+    predicts = 0
+
+    def predict(self, *args, **kwargs):
+        CountingTrainer.predicts += 1
+        return super().predict(*args, **kwargs)
+
+
+def fresh_report(tiny_bert, model):
+    """The validation report of the trained model, from a pass of its own over the validation split."""
+    validation = toy_parts()["validation"]
+    probabilities = predict(model, load_tokenizer(str(tiny_bert)), validation["text"].tolist(), 32, truncation="head_tail")
+    return classification_report(validation["label"].to_numpy(), probabilities.argmax(axis=-1), NAMES)
+
+
+def test_the_validation_report_is_the_best_epochs_own_evaluation_or_a_fresh_pass_after_a_resume(tiny_bert, tmp_path):
+    model, tokenizer, folder = classifier(tiny_bert), load_tokenizer(str(tiny_bert)), tmp_path / "checkpoints"
+    CountingTrainer.predicts = 0
+    results, _ = train_classifier(model, tokenizer, toy_parts(), toy_params(early_stopping_patience=2), 3, 2e-3,
+                                  folder, callbacks=[OneClassAfterEpoch(3)], trainer_class=CountingTrainer)
+    assert results["best_epoch_step"] < 3 * 160 // 8  # the last epoch was made worse: an earlier one is kept
+    assert CountingTrainer.predicts == 0  # the report is that epoch's own evaluation, not a second pass
+    assert results["val_report"] == fresh_report(tiny_bert, model)
+    assert results["val_macro_f1"] == pytest.approx(results["val_report"]["macro_f1"], abs=1e-9)
+
+    # resumed after its best epoch, the run never evaluated that epoch in this process: one fresh pass instead
+    model = classifier(tiny_bert)
+    resumed, _ = train_classifier(model, tokenizer, toy_parts(), toy_params(early_stopping_patience=2), 4, 2e-3,
+                                  folder, callbacks=[OneClassAfterEpoch(4)], trainer_class=CountingTrainer)
+    assert resumed["best_epoch_step"] == results["best_epoch_step"]
+    assert CountingTrainer.predicts == 1
+    assert resumed["val_report"] == results["val_report"] == fresh_report(tiny_bert, model)
 
 
 class DecayProbe(TrainerCallback):
