@@ -179,6 +179,7 @@ def main():
     parser.add_argument("--scratch-labels", type=int, default=None,
                         help="train scratch on this many labels instead (the low-resource comparison)")
     parser.add_argument("--epochs", type=int, default=None, help="override finetune.epochs and peft.epochs")
+    parser.add_argument("--evals-per-epoch", type=int, default=None, help="override train.evals_per_epoch")
     parser.add_argument("--seeds", default=None,
                         help="comma-separated seeds, each strategy trained once per seed (default: params.yaml's)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), help="compute.precision of every run "
@@ -199,6 +200,8 @@ def main():
     precision = compute.precision(params["compute"]["precision"])
     if args.epochs:
         params["finetune"]["epochs"] = params["peft"]["epochs"] = args.epochs
+    if args.evals_per_epoch:
+        params["train"]["evals_per_epoch"] = args.evals_per_epoch
     parts, names = dataset.load_prepared(ROOT / "data/prepared")
     tokenizer = modeling.load_tokenizer(PRETRAINED)
     rows = args.max_train or len(parts["train"])
@@ -219,7 +222,7 @@ def main():
         results[index:index + 1] = [result]
         compare_to_full(results)
         out.write_text(json.dumps({"device": str(modeling.pick_device()), "cpu": cpu(),
-                                   "precision": precision,
+                                   "precision": precision, "evals_per_epoch": params["train"]["evals_per_epoch"],
                                    "torch_threads": torch.get_num_threads(),
                                    "commands": commands, "results": results}, indent=2) + "\n")
     title = (f"{len(results)} strategies, {rows} training labels, {params['peft']['epochs']} epochs, "

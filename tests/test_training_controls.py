@@ -1,5 +1,6 @@
 """The training controls of train_classifier, as finetune and peft run them: early stopping with the best epoch
 restored, weight decay that spares biases and norms, gradient clipping. A tiny random BERT on toy texts."""
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -22,7 +23,7 @@ def toy_parts(train=160, validation=40):
 
 def toy_params(**train):
     params = default_params()
-    params["train"].update({"max_length": 32, "batch_size": 8, "logging_steps": 5, **train})
+    params["train"].update({"max_length": 32, "batch_size": 8, "logging_steps": 5, "evals_per_epoch": 1, **train})
     return params
 
 
@@ -40,10 +41,11 @@ class Spy(TrainerCallback):
     """Records the validation macro-F1 of each evaluation and the Trainer's logged grad norms."""
 
     def __init__(self):
-        self.evaluations, self.grad_norms = [], []
+        self.evaluations, self.evaluated_steps, self.grad_norms = [], [], []
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self.evaluations.append(metrics["eval_macro_f1"])
+        self.evaluated_steps.append(state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if "grad_norm" in logs:
@@ -82,6 +84,31 @@ def test_without_a_worse_epoch_training_runs_every_epoch(tiny_bert, tmp_path):
     results = train(tiny_bert, classifier(tiny_bert), toy_params(early_stopping_patience=5), tmp_path / "more",
                     epochs=3, learning_rate=0.0)
     assert results["epochs_run"] == 3
+
+
+def test_the_defaults_evaluate_within_each_epoch_so_early_stopping_can_fire(tiny_bert, tmp_path):
+    defaults = default_params()
+    epochs = defaults["finetune"]["epochs"]
+    assert defaults["peft"]["epochs"] == epochs
+    controls = {key: defaults["train"][key] for key in ("evals_per_epoch", "early_stopping_patience")}
+    spy = Spy()
+    results = train(tiny_bert, classifier(tiny_bert), toy_params(**controls), tmp_path, epochs=epochs,
+                    learning_rate=0.0, callbacks=[spy])  # nothing improves after the first evaluation
+    steps_per_epoch = 160 // 8
+    assert controls["evals_per_epoch"] >= 2
+    assert len(spy.evaluations) == controls["early_stopping_patience"] + 1  # then it stopped
+    assert results["epochs_run"] < epochs  # within the default run's epochs
+    assert spy.evaluated_steps == [(i + 1) * steps_per_epoch // controls["evals_per_epoch"]
+                                   for i in range(len(spy.evaluations))]
+
+    spy = Spy()
+    results = train(tiny_bert, classifier(tiny_bert), toy_params(**{**controls, "early_stopping_patience": 10}),
+                    tmp_path / "learning", epochs=epochs, callbacks=[spy])
+    assert spy.evaluated_steps == [(i + 1) * steps_per_epoch // controls["evals_per_epoch"]
+                                   for i in range(epochs * controls["evals_per_epoch"])]
+    best = int(np.argmax(spy.evaluations))  # the first of equals, as the Trainer keeps it
+    assert results["best_epoch_step"] == spy.evaluated_steps[best]  # kept at the grain of the evaluations
+    assert results["val_macro_f1"] == pytest.approx(spy.evaluations[best], abs=1e-6)
 
 
 class CountingTrainer(ResumableTrainer):

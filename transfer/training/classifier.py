@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from transfer.data.dataset import to_dataset
@@ -91,6 +91,29 @@ class ResumableTrainer(Trainer):
         return sampler  # a RandomSampler, which accelerate already reseeds per epoch
 
 
+class EvaluateWithinEpoch(TrainerCallback):
+    """Evaluate (and save, so the best evaluation can be restored) `evals_per_epoch` - 1 more times within each epoch,
+    at even steps; the Trainer's own evaluation still closes every epoch. More evaluations let early stopping fire
+    within a short run and let the best model be kept at a finer grain than whole epochs."""
+
+    def __init__(self, evals_per_epoch):
+        self.evals_per_epoch, self.evaluated_step = evals_per_epoch, None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        steps_per_epoch = state.max_steps // max(1, round(args.num_train_epochs))
+        within = state.global_step % steps_per_epoch if steps_per_epoch else 0
+        points = {round(k * steps_per_epoch / self.evals_per_epoch) for k in range(1, self.evals_per_epoch)}
+        if within in points - {0}:
+            control.should_evaluate = control.should_save = True
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.evaluated_step = state.global_step
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if state.global_step == self.evaluated_step:  # stopped early right after a within-epoch evaluation
+            control.should_evaluate = control.should_save = False
+
+
 class KeptEvaluations:
     """compute_metrics that also keeps each evaluation's predictions by step: the best epoch's validation report then
     comes from its own evaluation instead of a second pass over the validation split (seconds per run on a CPU)."""
@@ -140,7 +163,8 @@ def training_arguments(output_dir, train_cfg, compute, epochs, learning_rate, se
 
 def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, output_dir, param_groups=None,
                      callbacks=(), curves_dir=None, trainer_class=ResumableTrainer, trainer_options=None):
-    """Train on parts['train'], pick the best epoch by validation macro-F1, stop early; return (results, timing).
+    """Train on parts['train'], keep the best evaluation by validation macro-F1 (params train.evals_per_epoch per epoch),
+    stop early; return (results, timing).
 
     The loss is class-weighted where params train.class_weights asks for it (class_weights); results carry the
     best model's validation report (`val_report`, for the quality guard).
@@ -163,7 +187,8 @@ def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, out
         train_dataset=to_dataset(parts["train"], **encode), eval_dataset=to_dataset(parts["validation"], **encode),
         compute_metrics=evaluations, optimizers=(optimizer, None), class_weights=weights,
         callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=train_cfg["early_stopping_patience"]),
-                   SaveEvery(params["checkpoints"]["every_steps"]), *([LiveCurves(curves_dir)] if curves_dir else [])],
+                   SaveEvery(params["checkpoints"]["every_steps"]), EvaluateWithinEpoch(train_cfg["evals_per_epoch"]),
+                   *([LiveCurves(curves_dir)] if curves_dir else [])],
         **(trainer_options or {}))
     evaluations.trainer = trainer
     started = time.perf_counter()
