@@ -101,8 +101,10 @@ def test_training_curves_share_the_step_axis(workdir):
         steps_per_epoch = 160 // params["train"]["batch_size"]
         assert list(train.columns) == ["step", "loss"] and list(val.columns) == ["step", "loss"]
         assert train["step"].is_monotonic_increasing and list(train["step"][:2]) == [1, params["train"]["logging_steps"]]
-        assert (val["step"] % steps_per_epoch == 0).all(), "validation is logged at the end of each epoch's steps"
-        assert train["step"].max() >= val["step"].max() and len(val) == metrics(folder, stage)["epochs_run"]
+        evals = params["train"]["evals_per_epoch"]
+        assert list(val["step"]) == [(i + 1) * steps_per_epoch // evals for i in range(len(val))], \
+            "validation is logged evals_per_epoch times an epoch, the last at the end of its steps"
+        assert train["step"].max() >= val["step"].max() and len(val) == metrics(folder, stage)["epochs_run"] * evals
         rate = curve(folder, stage, "train/learning_rate")["learning_rate"]
         assert rate.iloc[0] < rate.max() and rate.iloc[-1] < rate.max(), "warm-up, then linear decay"
         assert curve(folder, stage, "eval/macro_f1")["macro_f1"].between(0, 1).all()
