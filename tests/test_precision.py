@@ -1,10 +1,12 @@
 """Metrics, plot tables and curves are written at a fixed precision, so that another CPU's float noise
 (from about the 6th significant digit) does not change the committed files."""
+import io
 import json
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from transfer.outputs import read_json, stable_float, write_csv, write_json
 
@@ -85,8 +87,29 @@ def test_roc_and_precision_recall_tables_are_rounded_and_stay_ordered(tmp_path):
     assert (roc["fpr"].diff().dropna() >= 0).all() and (roc["tpr"].diff().dropna() >= 0).all()
     assert (pr["recall"].diff().dropna() <= 0).all()
     assert roc["fpr"].iloc[0] == 0.0 and roc["tpr"].iloc[-1] == 1.0
-    digits = [len(line.split(",")[1].split(".")[-1]) for line in (tmp_path / "roc.csv").read_text().splitlines()[1:]]
-    assert max(digits) <= 4  # tpr in (0.001, 1): 4 decimals at most
+    written = [line.split(",")[1] for line in (tmp_path / "roc.csv").read_text().splitlines()[1:]]
+    assert max(len(text.replace(".", "").lstrip("0")) for text in written) <= 4  # 4 significant digits at most
+
+
+def test_curve_tables_do_not_move_when_scores_move_in_their_last_digits(tmp_path):
+    """Another CPU's scores differ in float noise, which breaks ties between equal scores: the curve tables
+    written from them must not change (with points at every distinct score, a broken tie adds a point)."""
+    from transfer.tasks.classification import score_curves
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 1000)
+    positive = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0.001, 0.999).astype(np.float32).round(3)  # many ties
+    noisy = positive + rng.uniform(-1e-6, 1e-6, positive.shape).astype(np.float32)  # a CPU's last digits
+    tables = []
+    for scores in (positive, noisy):
+        curves = score_curves(labels, np.stack([1 - scores, scores], axis=1))
+        write_csv(tmp_path / "roc.csv", pd.DataFrame(curves["roc"]))
+        write_csv(tmp_path / "pr.csv", pd.DataFrame(curves["precision_recall"]))
+        tables.append(((tmp_path / "roc.csv").read_text(), (tmp_path / "pr.csv").read_text(), curves["roc_auc"]))
+    assert tables[0][:2] == tables[1][:2]
+    assert tables[0][2] == pytest.approx(tables[1][2], abs=1e-4)
+    roc = pd.read_csv(io.StringIO(tables[0][0]))
+    assert 20 < len(roc) <= 200, "the grid resolves the curve"
 
 
 def test_rounding_keeps_any_sorted_column_sorted():

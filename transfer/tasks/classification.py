@@ -30,8 +30,11 @@ def trainer_metrics(eval_prediction):
 
 def score_curves(labels, probabilities, max_points=200):
     """ROC and precision-recall points and ROC AUC: of the second class for a binary task, micro-averaged
-    one-vs-rest otherwise, thinned to at most `max_points` each so the plots stay light."""
-    from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
+    one-vs-rest otherwise. The points are taken at a fixed grid of thresholds, evenly spaced in log-odds, not at
+    every distinct score: on another CPU the scores move in their last digits, which breaks or makes ties and
+    would add or drop a point and shift every point after it; against a fixed grid a score changes a point only
+    if it crosses a threshold. At most `max_points` each, so the plots stay light."""
+    from sklearn.metrics import roc_auc_score
 
     labels, probabilities = np.asarray(labels), np.asarray(probabilities)
     if probabilities.shape[1] == 2:
@@ -41,14 +44,16 @@ def score_curves(labels, probabilities, max_points=200):
         scores = probabilities.ravel()
     if truth.all() or not truth.any():
         return None  # one class only in the split: no curve exists
-    fpr, tpr, _ = roc_curve(truth, scores)
-    precision, recall, _ = precision_recall_curve(truth, scores)
-
-    def thin(*columns):
-        keep = np.unique(np.linspace(0, len(columns[0]) - 1, min(max_points, len(columns[0]))).round().astype(int))
-        return [column[keep].tolist() for column in columns]  # outputs.write_csv rounds them
-
-    fpr, tpr = thin(fpr, tpr)
-    recall, precision = thin(recall, precision)
-    return {"roc_auc": float(roc_auc_score(truth, scores)), "roc": {"fpr": fpr, "tpr": tpr},
-            "precision_recall": {"recall": recall, "precision": precision}}
+    # Descending, from "nothing is positive" to "everything is"; ±16 in log-odds reaches float32's last digits.
+    thresholds = np.concatenate([[np.inf], 1 / (1 + np.exp(-np.linspace(16, -16, max_points - 2))), [-np.inf]])
+    positive_scores, negative_scores = np.sort(scores[truth]), np.sort(scores[~truth])
+    true_positives = len(positive_scores) - np.searchsorted(positive_scores, thresholds, side="left")
+    false_positives = len(negative_scores) - np.searchsorted(negative_scores, thresholds, side="left")
+    tpr, fpr = true_positives / len(positive_scores), false_positives / len(negative_scores)
+    distinct = np.r_[True, (np.diff(true_positives) != 0) | (np.diff(false_positives) != 0)]
+    predicted = true_positives + false_positives
+    pr = distinct & (predicted > 0)
+    precision = true_positives[pr] / predicted[pr]
+    return {"roc_auc": float(roc_auc_score(truth, scores)),
+            "roc": {"fpr": fpr[distinct].tolist(), "tpr": tpr[distinct].tolist()},
+            "precision_recall": {"recall": tpr[pr][::-1].tolist(), "precision": precision[::-1].tolist()}}
