@@ -8,7 +8,6 @@ model are then measured by exporting it too (`stages.export` with `export.source
 leaves the run's own outputs alone. Writes bench/default_run.md (only a full run writes the stage timings).
 """
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,9 @@ from pathlib import Path
 
 import torch
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.inference import cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("check", "prepare", "baseline", "pretrain", "finetune", "peft", "evaluate", "export")
@@ -54,8 +56,11 @@ def main():
     evaluate, export, board = metrics("evaluate"), metrics("export"), metrics("leaderboard")
     finetune_time, peft_time = metrics("timing/finetune"), metrics("timing/peft")
     strategy = peft["strategy"]
-    lines = [f"Default `params.yaml`, {platform.machine()} CPU with {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}, no GPU.", ""]
+    chip = cpu()
+    lines = [f"Default `params.yaml`, {chip['name']} ({chip['machine']}, AVX-512 VNNI: "
+             f"{'yes' if chip['avx512_vnni'] else 'no'}) with {torch.get_num_threads()} threads, "
+             f"torch {torch.__version__}, no GPU; the train seconds and latencies are this machine's when the "
+             f"run in metrics/ was made on it.", ""]
     if seconds:
         lines += ["| stage | wall seconds |", "|---|---|"]
         lines += [f"| {stage} | {s:.0f} |" for stage, s in seconds.items()]

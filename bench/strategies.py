@@ -41,7 +41,7 @@ PRETRAINED = ROOT / "models/pretrained"
 README = ROOT / "README.md"
 FULL = "full fine-tune"
 RUN_KEYS = ("seed", "test_macro_f1", "test_accuracy", "val_macro_f1", "train_seconds", "domain_adapter_seconds",
-            "epochs_run", "peak_memory_mb")
+            "epochs_run", "best_epoch_step", "peak_memory_mb")
 
 
 def run_one(name, params, parts, names, tokenizer, train_rows):
@@ -116,6 +116,11 @@ def table(results):
                      f"{r['trainable_fraction']:.2%} | {total_train_seconds(r):.0f} | {f1} | {ratio} | {verdict} |")
     if any(r.get("updated") for r in results):
         lines.append("\n\\* re-measured later, alone, with `--update` (see the commands above)")
+    machines = sorted({(r.get("cpu"), r.get("precision")) for r in results if r.get("cpu")})
+    if len(machines) > 1:  # train seconds compare only within one machine
+        lines.append("\n" + "; ".join(
+            f"{', '.join(r['strategy'] for r in results if (r.get('cpu'), r.get('precision')) == machine)}: "
+            f"{machine[0]}, {machine[1]}" for machine in machines))
     return "\n".join(lines)
 
 
@@ -209,6 +214,9 @@ def main():
     command = f"python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}".strip()
     previous = json.loads(out.read_text()) if args.update and out.exists() else {}
     results, commands = previous.get("results", []), previous.get("commands", []) + [command]
+    for row in results:  # rows written before each row named its CPU and precision: the file's, then
+        row.setdefault("cpu", previous.get("cpu", {}).get("name"))
+        row.setdefault("precision", previous.get("precision"))
     seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [params["seed"]]
     for name in args.strategies.split(","):
         train_rows = args.scratch_labels if name == "scratch" and args.scratch_labels else rows
@@ -217,7 +225,7 @@ def main():
             print(f"--- {name} on {train_rows} labels, seed {seed}", flush=True)
             runs.append(run_one(name, {**params, "seed": seed}, parts, names, tokenizer, train_rows))
             print(json.dumps(runs[-1]), flush=True)
-        result = {**aggregate(name, runs), "updated": args.update}
+        result = {**aggregate(name, runs), "updated": args.update, "cpu": cpu()["name"], "precision": precision}
         index = next((i for i, r in enumerate(results) if r["strategy"] == name), len(results))
         results[index:index + 1] = [result]
         compare_to_full(results)
@@ -229,6 +237,8 @@ def main():
              f"seeds {', '.join(map(str, seeds))}, all-MiniLM-L6-v2 on IMDB")
     plot(results, ROOT / "bench" / f"{args.name}.png", title)
     device = cpu()["name"] if modeling.pick_device().type == "cpu" else torch.cuda.get_device_name()
+    if len({(r.get("cpu"), r.get("precision")) for r in results}) > 1:
+        device = f"the machines named under the table, last {device}"
     (ROOT / "bench" / f"{args.name}.md").write_text(
         f"# {title}\n\nMeasured by `{'`, then `'.join(commands)}` on {device} ({torch.get_num_threads()} threads, "
         f"{precision}); test split of {len(parts['test'])} reviews.\n\n"
