@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 from bench.inference import cpu  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("check", "prepare", "baseline", "pretrain", "finetune", "peft", "evaluate", "export")
 OUT = ROOT / "bench/default_run.md"
 

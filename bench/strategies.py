@@ -214,7 +214,7 @@ def main():
     command = f"python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}".strip()
     previous = json.loads(out.read_text()) if args.update and out.exists() else {}
     results, commands = previous.get("results", []), previous.get("commands", []) + [command]
-    for row in results:  # rows written before each row named its CPU and precision: the file's, then
+    for row in results:  # rows from before rows named their CPU and precision: the file's
         row.setdefault("cpu", previous.get("cpu", {}).get("name"))
         row.setdefault("precision", previous.get("precision"))
     seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [params["seed"]]
