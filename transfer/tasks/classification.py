@@ -33,7 +33,8 @@ def score_curves(labels, probabilities, max_points=200):
     one-vs-rest otherwise. The points are taken at a fixed grid of thresholds, evenly spaced in log-odds, not at
     every distinct score: on another CPU the scores move in their last digits, which breaks or makes ties and
     would add or drop a point and shift every point after it; against a fixed grid a score changes a point only
-    if it crosses a threshold. At most `max_points` each, so the plots stay light."""
+    if it crosses a threshold. The grid spans the scores' range, rounded out so that noise does not move it.
+    At most `max_points` each, so the plots stay light."""
     from sklearn.metrics import roc_auc_score
 
     labels, probabilities = np.asarray(labels), np.asarray(probabilities)
@@ -44,8 +45,16 @@ def score_curves(labels, probabilities, max_points=200):
         scores = probabilities.ravel()
     if truth.all() or not truth.any():
         return None  # one class only in the split: no curve exists
-    # Descending, from "nothing is positive" to "everything is"; ±16 in log-odds reaches float32's last digits.
-    thresholds = np.concatenate([[np.inf], 1 / (1 + np.exp(-np.linspace(16, -16, max_points - 2))), [-np.inf]])
+    # Descending, from "nothing is positive" to "everything is", across the scores' range in log-odds (within ±16,
+    # float32's last digits), rounded out to a power of two below its width: a model whose scores sit in a narrow
+    # band still gets a fine curve, and float noise moves the ends only where they sit on such a boundary.
+    clipped = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
+    log_odds = np.log(clipped) - np.log1p(-clipped)
+    unit = 2.0 ** np.floor(np.log2(max(np.ptp(log_odds), 1e-3))) / 4
+    low = max(-16.0, np.floor(log_odds.min() / unit) * unit)
+    high = min(16.0, np.ceil(log_odds.max() / unit) * unit)
+    grid = np.linspace(max(high, low + unit), low, max_points - 2)
+    thresholds = np.concatenate([[np.inf], 1 / (1 + np.exp(-grid)), [-np.inf]])
     positive_scores, negative_scores = np.sort(scores[truth]), np.sort(scores[~truth])
     true_positives = len(positive_scores) - np.searchsorted(positive_scores, thresholds, side="left")
     false_positives = len(negative_scores) - np.searchsorted(negative_scores, thresholds, side="left")
