@@ -231,6 +231,7 @@ def main():
         compare_to_full(results)
         out.write_text(json.dumps({"device": str(modeling.pick_device()), "cpu": cpu(),
                                    "precision": precision, "evals_per_epoch": params["train"]["evals_per_epoch"],
+                                   "early_stopping_start": params["train"]["early_stopping_start"],
                                    "torch_threads": torch.get_num_threads(),
                                    "commands": commands, "results": results}, indent=2) + "\n")
     title = (f"{len(results)} strategies, {rows} training labels, {params['peft']['epochs']} epochs, "

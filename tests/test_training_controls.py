@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 from transfer import strategies
 from transfer.modeling import load_classifier, load_tokenizer, predict
 from transfer.tasks.classification import classification_report
-from transfer.training.classifier import ResumableTrainer, train_classifier
+from transfer.training.classifier import EarlyStoppingFrom, ResumableTrainer, train_classifier
 from tests.conftest import default_params, toy_texts
 
 NAMES = ["negative", "positive"]
@@ -23,7 +23,8 @@ def toy_parts(train=160, validation=40):
 
 def toy_params(**train):
     params = default_params()
-    params["train"].update({"max_length": 32, "batch_size": 8, "logging_steps": 5, "evals_per_epoch": 1, **train})
+    params["train"].update({"max_length": 32, "batch_size": 8, "logging_steps": 5, "evals_per_epoch": 1,
+                            "early_stopping_start": 0.0, **train})
     return params
 
 
@@ -90,7 +91,8 @@ def test_the_defaults_evaluate_within_each_epoch_so_early_stopping_can_fire(tiny
     defaults = default_params()
     epochs = defaults["finetune"]["epochs"]
     assert defaults["peft"]["epochs"] == epochs
-    controls = {key: defaults["train"][key] for key in ("evals_per_epoch", "early_stopping_patience")}
+    controls = {key: defaults["train"][key] for key in ("evals_per_epoch", "early_stopping_patience",
+                                                         "early_stopping_start")}
     spy = Spy()
     results = train(tiny_bert, classifier(tiny_bert), toy_params(**controls), tmp_path, epochs=epochs,
                     learning_rate=0.0, callbacks=[spy])  # nothing improves after the first evaluation
@@ -109,6 +111,21 @@ def test_the_defaults_evaluate_within_each_epoch_so_early_stopping_can_fire(tiny
     best = int(np.argmax(spy.evaluations))  # the first of equals, as the Trainer keeps it
     assert results["best_epoch_step"] == spy.evaluated_steps[best]  # kept at the grain of the evaluations
     assert results["val_macro_f1"] == pytest.approx(spy.evaluations[best], abs=1e-6)
+
+
+def test_early_stopping_counts_only_from_its_start_on(tiny_bert, tmp_path):
+    """6 epochs, one pass each, patience 1, nothing improves after the first pass: from the start it stops at the
+    second pass; from half of the run it lets the second pass (step 40 of 120) by and stops at the third."""
+    for start, passes in ((0.0, 2), (0.5, 3)):
+        spy = Spy()
+        results = train(tiny_bert, classifier(tiny_bert), toy_params(early_stopping_patience=1,
+                                                                     early_stopping_start=start),
+                        tmp_path / str(start), epochs=6, learning_rate=0.0, callbacks=[spy])
+        assert len(spy.evaluations) == passes and results["epochs_run"] == passes
+    callback = EarlyStoppingFrom(2, start=0.5)
+    callback.early_stopping_patience_counter = 1
+    rebuilt = EarlyStoppingFrom.from_state(callback.state())  # as the Trainer restores it on a resume
+    assert (rebuilt.start, rebuilt.early_stopping_patience, rebuilt.early_stopping_patience_counter) == (0.5, 2, 1)
 
 
 class CountingTrainer(ResumableTrainer):

@@ -77,6 +77,7 @@ SCHEMA = {
         "warmup_ratio": FRACTION,
         "max_grad_norm": number(float, 0.0, low_open=True),
         "early_stopping_patience": POSITIVE_INT,
+        "early_stopping_start": FRACTION,
         "evals_per_epoch": POSITIVE_INT,
         "group_by_length": BOOL,
         "logging_steps": POSITIVE_INT,

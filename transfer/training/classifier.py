@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from transfer.data.dataset import to_dataset
@@ -114,6 +114,26 @@ class EvaluateWithinEpoch(TrainerCallback):
             control.should_evaluate = control.should_save = False
 
 
+class EarlyStoppingFrom(EarlyStoppingCallback):
+    """The Trainer's early stopping, counting passes without a better metric only from `start` (a fraction of the
+    run's steps) on, like Keras's start_from_epoch: with few labels a model can stall for a few passes early on
+    before it learns (200 IMDB labels, 6 epochs: one seed stopped at 2 epochs at macro-F1 0.67)."""
+
+    def __init__(self, early_stopping_patience=1, early_stopping_threshold=0.0, start=0.0):
+        super().__init__(early_stopping_patience, early_stopping_threshold)
+        self.start = start
+
+    def check_metric_value(self, args, state, control, metric_value):
+        super().check_metric_value(args, state, control, metric_value)
+        if state.global_step < self.start * state.max_steps:
+            self.early_stopping_patience_counter = 0
+
+    def state(self):
+        exported = super().state()
+        exported["args"]["start"] = self.start  # a resumed run rebuilds the callback from these
+        return exported
+
+
 class KeptEvaluations:
     """compute_metrics that also keeps each evaluation's predictions by step: the best epoch's validation report then
     comes from its own evaluation instead of a second pass over the validation split (seconds per run on a CPU)."""
@@ -171,7 +191,7 @@ def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, out
     Checkpoints go to `output_dir`, every params checkpoints.every_steps steps and at each epoch's end; a complete
     one found there is resumed from. With `curves_dir`, the training and validation curves go there through DVCLive.
     `trainer_class` (a ResumableTrainer, given `trainer_options` too) may train with another loss."""
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback
+    from transformers import DataCollatorWithPadding
 
     train_cfg = params["train"]
     num_classes = model.config.num_labels
@@ -186,7 +206,8 @@ def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, out
         model=model, args=args, processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
         train_dataset=to_dataset(parts["train"], **encode), eval_dataset=to_dataset(parts["validation"], **encode),
         compute_metrics=evaluations, optimizers=(optimizer, None), class_weights=weights,
-        callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=train_cfg["early_stopping_patience"]),
+        callbacks=[*callbacks, EarlyStoppingFrom(train_cfg["early_stopping_patience"],
+                                                   start=train_cfg["early_stopping_start"]),
                    SaveEvery(params["checkpoints"]["every_steps"]), EvaluateWithinEpoch(train_cfg["evals_per_epoch"]),
                    *([LiveCurves(curves_dir)] if curves_dir else [])],
         **(trainer_options or {}))
