@@ -98,6 +98,11 @@ def compare_to_full(results):
     return results
 
 
+def machines(results):
+    """The (CPU, precision) pairs the rows were measured on: train seconds compare only within one."""
+    return sorted({(r.get("cpu"), r.get("precision")) for r in results if r.get("cpu")})
+
+
 def table(results):
     full = next((r for r in results if r["strategy"] == FULL), None)
     lines = ["| strategy | labels | trainable params | fraction | train s | test macro-F1, mean ± 95% interval | "
@@ -116,11 +121,10 @@ def table(results):
                      f"{r['trainable_fraction']:.2%} | {total_train_seconds(r):.0f} | {f1} | {ratio} | {verdict} |")
     if any(r.get("updated") for r in results):
         lines.append("\n\\* re-measured later, alone, with `--update` (see the commands above)")
-    machines = sorted({(r.get("cpu"), r.get("precision")) for r in results if r.get("cpu")})
-    if len(machines) > 1:  # train seconds compare only within one machine
+    if len(machines(results)) > 1:
         lines.append("\n" + "; ".join(
             f"{', '.join(r['strategy'] for r in results if (r.get('cpu'), r.get('precision')) == machine)}: "
-            f"{machine[0]}, {machine[1]}" for machine in machines))
+            f"{machine[0]}, {machine[1]}" for machine in machines(results)))
     return "\n".join(lines)
 
 
@@ -218,6 +222,7 @@ def main():
         row.setdefault("cpu", previous.get("cpu", {}).get("name"))
         row.setdefault("precision", previous.get("precision"))
     seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [params["seed"]]
+    chip = cpu()
     for name in args.strategies.split(","):
         train_rows = args.scratch_labels if name == "scratch" and args.scratch_labels else rows
         runs = []
@@ -225,11 +230,11 @@ def main():
             print(f"--- {name} on {train_rows} labels, seed {seed}", flush=True)
             runs.append(run_one(name, {**params, "seed": seed}, parts, names, tokenizer, train_rows))
             print(json.dumps(runs[-1]), flush=True)
-        result = {**aggregate(name, runs), "updated": args.update, "cpu": cpu()["name"], "precision": precision}
+        result = {**aggregate(name, runs), "updated": args.update, "cpu": chip["name"], "precision": precision}
         index = next((i for i, r in enumerate(results) if r["strategy"] == name), len(results))
         results[index:index + 1] = [result]
         compare_to_full(results)
-        out.write_text(json.dumps({"device": str(modeling.pick_device()), "cpu": cpu(),
+        out.write_text(json.dumps({"device": str(modeling.pick_device()), "cpu": chip,
                                    "precision": precision, "evals_per_epoch": params["train"]["evals_per_epoch"],
                                    "early_stopping_start": params["train"]["early_stopping_start"],
                                    "torch_threads": torch.get_num_threads(),
@@ -237,8 +242,8 @@ def main():
     title = (f"{len(results)} strategies, {rows} training labels, {params['peft']['epochs']} epochs, "
              f"seeds {', '.join(map(str, seeds))}, all-MiniLM-L6-v2 on IMDB")
     plot(results, ROOT / "bench" / f"{args.name}.png", title)
-    device = cpu()["name"] if modeling.pick_device().type == "cpu" else torch.cuda.get_device_name()
-    if len({(r.get("cpu"), r.get("precision")) for r in results}) > 1:
+    device = chip["name"] if modeling.pick_device().type == "cpu" else torch.cuda.get_device_name()
+    if len(machines(results)) > 1:
         device = f"the machines named under the table, last {device}"
     (ROOT / "bench" / f"{args.name}.md").write_text(
         f"# {title}\n\nMeasured by `{'`, then `'.join(commands)}` on {device} ({torch.get_num_threads()} threads, "
