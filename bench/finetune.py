@@ -125,7 +125,9 @@ def one(args):
     parts, names = rows(args.shape, args.train, args.val)
     source = modeling.resolve_model("default")
     tokenizer = modeling.load_tokenizer(source)
-    model = modeling.load_classifier(source, names)
+    # the pipeline trains with its params' train.attention_dropout; the naive loop and the Trainer with the model's
+    dropout = load_params(ROOT / "params.yaml")["train"]["attention_dropout"] if args.method == "pipeline" else None
+    model = modeling.load_classifier(source, names, attention_dropout=dropout)
     counter = FlopCounter(model)
     started = time.perf_counter()
     f1 = globals()[f"run_{args.method}"](model, tokenizer, parts, SHAPES[args.shape], args)

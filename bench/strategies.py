@@ -46,7 +46,8 @@ RUN_KEYS = ("seed", "test_macro_f1", "test_accuracy", "val_macro_f1", "train_sec
 
 def run_one(name, params, parts, names, tokenizer, train_rows):
     torch.manual_seed(params["seed"])
-    base = modeling.load_classifier(PRETRAINED, names, pooling=params["train"]["pooling"])
+    base = modeling.load_classifier(PRETRAINED, names, pooling=params["train"]["pooling"],
+                                    attention_dropout=params["train"]["attention_dropout"])
     if name == FULL:
         plan, epochs, lr = strategies.Plan(base), params["finetune"]["epochs"], params["finetune"]["learning_rate"]
     else:

@@ -27,7 +27,7 @@ def main(params):
     torch.manual_seed(training_seed(params))
     tokenizer = modeling.load_tokenizer(PRETRAINED)
     model = modeling.load_classifier(PRETRAINED, names, params["model"]["trust_remote_code"],
-                                     params["train"]["pooling"])
+                                     params["train"]["pooling"], params["train"]["attention_dropout"])
     results, timing = train_classifier(model, tokenizer, parts, params, params["finetune"]["epochs"],
                                        params["finetune"]["learning_rate"], CHECKPOINTS,
                                        curves_dir=CHECKPOINTS / "curves")

@@ -31,7 +31,7 @@ def main(params):
     torch.manual_seed(training_seed(params))
     tokenizer = modeling.load_tokenizer(PRETRAINED)
     model = modeling.load_classifier(PRETRAINED, names, params["model"]["trust_remote_code"],
-                                     params["train"]["pooling"])
+                                     params["train"]["pooling"], params["train"]["attention_dropout"])
     strategies.check_fits(strategy, params, model.config)  # a refusal leaves checkpoints/peft untouched
     compute.check(params, model.config)
     checkpointing.claim(CHECKPOINTS, checkpointing.run_identity(params, [PREPARED, PRETRAINED]),

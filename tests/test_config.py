@@ -189,3 +189,14 @@ def test_an_example_with_a_misspelt_key_or_a_spaced_value_is_refused(tmp_path):
     (tmp_path / "spaced.yaml").write_text("causal_lm:\n  source: my notes.txt\n")
     with pytest.raises(UserError, match="holds white space"):
         settings(tmp_path / "spaced.yaml", default_params())
+
+
+def test_attention_dropout_must_be_below_one_or_null():
+    params = default_params()
+    params["train"]["attention_dropout"] = 1.0
+    with pytest.raises(UserError, match=r"'train.attention_dropout' is 1.0; it must be a number >= 0 and < 1, "
+                                        r"or null for the model's own"):
+        validate(params)
+    for fine in (None, 0, 0.25):
+        params["train"]["attention_dropout"] = fine
+        validate(params)

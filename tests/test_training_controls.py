@@ -260,3 +260,34 @@ def test_length_grouped_batches_come_in_random_order_not_as_a_drift_from_long_to
     sampler.set_epoch(1)
     assert list(sampler) != order and list(EpochSeededLengthGroupedSampler(
         LengthGroupedSampler(16, lengths=lengths), seed=7)) == order, "set by the seed and the epoch alone"
+
+
+def test_attention_dropout_reaches_the_attention_of_a_training_forward(tiny_bert, capsys, monkeypatch):
+    """train.attention_dropout replaces the model's own rate: with the other dropouts off, a training-mode forward
+    is random only where the attention weights are dropped. null keeps the saved config's rate."""
+    from transfer import modeling
+
+    batch = load_tokenizer(str(tiny_bert))(toy_texts(8, seed=1)["review"].tolist(), padding=True, return_tensors="pt")
+
+    def two_training_forwards(attention_dropout):
+        torch.manual_seed(0)
+        model = load_classifier(str(tiny_bert), NAMES, attention_dropout=attention_dropout).train()
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):  # the hidden-state dropouts: not the attention weights'
+                module.p = 0.0
+        return model, model(**batch).logits, model(**batch).logits
+
+    model, first, second = two_training_forwards(0.0)
+    assert model.config.attention_probs_dropout_prob == 0.0
+    assert torch.equal(first, second)
+    model, first, second = two_training_forwards(0.5)
+    assert model.config.attention_probs_dropout_prob == 0.5
+    assert not torch.allclose(first, second)
+    model, _, _ = two_training_forwards(None)
+    assert model.config.attention_probs_dropout_prob == 0.1  # the saved BertConfig's own
+    assert not list(filter(lambda line: "attention dropout" in line, capsys.readouterr().out.splitlines()))
+
+    monkeypatch.setattr(modeling, "ATTENTION_DROPOUT_KEYS", ("no_such_dropout",))  # a model naming no such key
+    model, _, _ = two_training_forwards(0.0)  # trains as it is, and says so
+    assert model.config.attention_probs_dropout_prob == 0.1
+    assert "names no attention dropout (no_such_dropout); it trains with its own" in capsys.readouterr().out

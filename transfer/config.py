@@ -71,6 +71,8 @@ SCHEMA = {
         "max_length": number(int, 8),
         "truncation": choice(*TRUNCATION),
         "pooling": choice(*POOLING),
+        "attention_dropout": ((float, type(None)), lambda v: v is None or 0 <= v < 1,
+                              "a number >= 0 and < 1, or null for the model's own"),
         "batch_size": POSITIVE_INT,
         "eval_batch_size": POSITIVE_INT,
         "weight_decay": number(float, 0.0),

@@ -167,19 +167,30 @@ def load_encoder(name, trust_remote_code=False, masked_lm=False):
         raise _loading(name, "model")(error) from None
 
 
-def load_classifier(name, label_names, trust_remote_code=False, pooling="auto"):
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")  # BERT-likes; DistilBERT, Llama, ...
+
+
+def load_classifier(name, label_names, trust_remote_code=False, pooling="auto", attention_dropout=None):
     """A classification head on the pretrained encoder `name`, pooling its tokens as params train.pooling says
-    (transfer/pooling.py: auto is mean where the encoder was trained for it)."""
-    from transformers import AutoModelForSequenceClassification
+    (transfer/pooling.py: auto is mean where the encoder was trained for it), with the dropout on its attention
+    weights set to `attention_dropout` (params train.attention_dropout; None keeps the model's own)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from transfer import pooling as pooling_
 
     require_safetensors(name)
     try:
+        overrides = {}
+        if attention_dropout is not None:
+            config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+            overrides = {key: attention_dropout for key in ATTENTION_DROPOUT_KEYS if hasattr(config, key)}
+            if not overrides:
+                print(f"note: train.attention_dropout: {name} ({config.model_type}) names no attention dropout "
+                      f"({' or '.join(ATTENTION_DROPOUT_KEYS)}); it trains with its own", flush=True)
         model = AutoModelForSequenceClassification.from_pretrained(
             name, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
             label2id={label: i for i, label in enumerate(label_names)}, use_safetensors=True,
-            trust_remote_code=trust_remote_code)
+            trust_remote_code=trust_remote_code, **overrides)
     except (OSError, ValueError) as error:
         raise _loading(name, "model")(error) from None
     if getattr(model.config, pooling_.SOURCE_KEY, None) is None:  # pretrain records it; a model folder may say it

@@ -1,0 +1,79 @@
+"""One fine-tuning step of a MiniLM-shaped BERT (6 layers, hidden 384, batch 16 x 128 tokens), timed set-up by set-up
+in one run: what attention dropout, the attention implementation and torch.compile cost on this machine.
+
+    python -m bench.train_step                 # SDPA and eager attention, with the model's dropout and without
+    python -m bench.train_step --compile       # ... and torch.compile'd (inductor): first steps and the steady one
+
+A random-weight model (speed does not depend on the weights), AdamW fused, forward + backward + step. Each set-up's
+median step over --steps steps after one warm-up, --repeats times, set-ups interleaved so that a load on the
+machine hits them all; torch.compile reports its first step (the compile), the first at a new padded length (a
+recompile) and its steady median. Writes bench/results/train_step.json; README.md's "Attention dropout" quotes it.
+"""
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from bench.inference import cpu
+
+RESULTS = Path(__file__).resolve().parent / "results/train_step.json"
+
+
+def model_and_optimizer(implementation, attention_dropout):
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                        intermediate_size=1536, num_labels=2, attention_probs_dropout_prob=attention_dropout,
+                        attn_implementation=implementation)
+    model = BertForSequenceClassification(config).train()
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+
+def step_seconds(model, optimizer, length, batch=16):
+    ids = torch.randint(1000, 30000, (batch, length))
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[: batch // 4, length - 20:] = 0  # some padding, as length-grouped batches have
+    started = time.perf_counter()
+    model(input_ids=ids, attention_mask=mask, labels=torch.randint(0, 2, (batch,))).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return time.perf_counter() - started
+
+
+def median_step(model, optimizer, steps, length=128):
+    step_seconds(model, optimizer, length)  # warm-up
+    return statistics.median(step_seconds(model, optimizer, length) for _ in range(steps))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true")
+    args = parser.parse_args()
+    setups = {f"{impl}, attention dropout {p}": (impl, p) for impl in ("sdpa", "eager") for p in (0.1, 0.0)}
+    medians = {name: [] for name in setups}
+    for _ in range(args.repeats):
+        for name, setup in setups.items():
+            medians[name].append(round(median_step(*model_and_optimizer(*setup), args.steps), 3))
+    result = {"cpu": cpu(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "median_step_seconds": medians}
+    if args.compile:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()  # compiled cold, as a user's first run is
+        model, optimizer = model_and_optimizer("sdpa", 0.1)
+        model.forward = torch.compile(model.forward)
+        result["compiled_sdpa_0.1"] = {
+            "first_step_seconds": round(step_seconds(model, optimizer, 128), 1),
+            "first_step_at_length_120_seconds": round(step_seconds(model, optimizer, 120), 1),
+            "median_step_seconds": round(median_step(model, optimizer, args.steps), 3)}
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(RESULTS.read_text())
+
+
+if __name__ == "__main__":
+    main()
