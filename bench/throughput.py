@@ -20,16 +20,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def matmul_peak(seconds=1.0):
     """The fp32 GEMM rate of this CPU with torch's threads, in GFLOP/s: the best of a square GEMM and the FFN's
-    shapes in the layouts a training step uses (forward, weight gradient). A shared or boosting CPU runs faster
-    at some moments than others (10-15% apart here): call it before and after the runs and keep the best."""
+    shapes in the layouts a training step uses (forward, weight gradient), each in PyTorch's own GEMM (MKL on x86)
+    and in oneDNN's (compute.cpu_matmul, which the pipeline trains with; 2x MKL's rate on an AMD EPYC). A shared or
+    boosting CPU runs faster at some moments than others (10-15% apart here): call it before and after the runs
+    and keep the best."""
+    from transfer.training.cpu_matmul import available, matmul_transposed
+
     m, k, n = 2048, 384, 1536
     cases = {"2048x2048x2048": ("a @ b", (2048, 2048), (2048, 2048)), "ffn": ("a @ b", (m, k), (k, n)),
              "ffn_transposed": ("a @ b.t()", (m, k), (n, k)), "ffn_weight_grad": ("a.t() @ b", (m, n), (m, k))}
+    if available():
+        cases.update({"2048x2048x2048_onednn": ("onednn(a, b)", (2048, 2048), (2048, 2048)),
+                      "ffn_onednn": ("onednn(a, b)", (m, k), (n, k)),
+                      "ffn_weight_grad_onednn": ("onednn(a, b)", (n, m), (k, m))})
     rates = {}
     for name, (stmt, a_shape, b_shape) in cases.items():
         a, b = torch.randn(a_shape), torch.randn(b_shape)
         flops = 2 * 2048 ** 3 if name.startswith("2048x") else 2 * m * k * n
-        timer = benchmark.Timer(stmt=stmt, globals={"a": a, "b": b})
+        timer = benchmark.Timer(stmt=stmt, globals={"a": a, "b": b, "onednn": available() and matmul_transposed},
+                                num_threads=torch.get_num_threads())  # Timer runs on 1 thread unless told
         timer.timeit(3)
         rates[name] = round(flops / timer.blocked_autorange(min_run_time=seconds).median / 1e9, 1)
     return {"gflops": max(rates.values()), "by_shape": rates, "threads": torch.get_num_threads()}

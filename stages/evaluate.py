@@ -13,6 +13,7 @@ from transfer.data import dataset
 from transfer.evaluation import leaderboard, quality
 from transfer.outputs import read_json, replaced_together, write_csv, write_json
 from transfer.tasks.classification import classification_report, score_curves
+from transfer.training import compute
 
 PRETRAINED = Path("models/pretrained")
 PLOTS = Path("metrics/plots")
@@ -34,8 +35,9 @@ def test_probabilities(params, test):
         if key == "baseline":
             probabilities[key] = model.predict_proba(test["text"])
         else:
-            probabilities[key] = modeling.predict(model, tokenizer, test["text"], train_cfg["max_length"],
-                                                  params["evaluate"]["batch_size"], train_cfg["truncation"])
+            with compute.matmul_kernels(params["compute"]):
+                probabilities[key] = modeling.predict(model, tokenizer, test["text"], train_cfg["max_length"],
+                                                      params["evaluate"]["batch_size"], train_cfg["truncation"])
         latency[key] = round((time.perf_counter() - started) * 1000 / max(len(test), 1), 2)
     return probabilities, latency
 

@@ -11,7 +11,7 @@ from transfer.data.dataset import to_dataset
 from transfer.modeling import count_parameters
 from transfer.tasks.classification import classification_report, trainer_metrics
 from transfer.training.checkpointing import SaveEvery, resume_point
-from transfer.training.compute import across_processes, training_arguments as compute_arguments
+from transfer.training.compute import across_processes, matmul_kernels, training_arguments as compute_arguments
 from transfer.training.launcher import per_process, plain_cpu
 from transfer.training.tracking import LiveCurves, show_progress
 
@@ -214,12 +214,13 @@ def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, out
     evaluations.trainer = trainer
     started = time.perf_counter()
     resume_from = resume_point(output_dir)
-    trainer.train(resume_from_checkpoint=resume_from)
-    train_seconds = time.perf_counter() - started
-    best = evaluations.best()
-    if best is None:
-        validation = trainer.predict(trainer.eval_dataset, metric_key_prefix="eval")
-        best = validation.predictions, validation.label_ids, validation.metrics
+    with matmul_kernels(params["compute"]):
+        trainer.train(resume_from_checkpoint=resume_from)
+        train_seconds = time.perf_counter() - started
+        best = evaluations.best()
+        if best is None:
+            validation = trainer.predict(trainer.eval_dataset, metric_key_prefix="eval")
+            best = validation.predictions, validation.label_ids, validation.metrics
     logits, label_ids, validation = best
     logits = logits[0] if isinstance(logits, tuple) else logits
     report = classification_report(label_ids, logits.argmax(axis=-1),  # label_ids beside, in the evaluated order

@@ -1,13 +1,15 @@
 """How training runs on the hardware (params `compute`): the number format and the memory knobs, as the Trainer
 takes them. The pretrain, finetune and peft stages all train through these arguments.
 
-On a CPU the defaults change nothing (fp32, every activation kept); on a GPU `precision: auto` trains in bf16 where
+On a CPU the defaults train in fp32 with every activation kept, the linear layers' matmuls in oneDNN (cpu_matmul); on
+a GPU `precision: auto` trains in bf16 where
 the GPU has it and in fp16 with loss scaling where it has not, and lets fp32 matmuls run as TF32 from Ampere on."""
 import os
 
 import torch
 
 from transfer.schema import UserError
+from transfer.training import cpu_matmul as onednn
 
 TF32_FROM_CAPABILITY = 8  # Ampere (A100, RTX 30xx) and later have TF32 tensor cores
 
@@ -31,11 +33,33 @@ def precision(setting):
     return setting
 
 
+def cpu_matmul(setting):
+    """params compute.cpu_matmul made concrete for this machine: onednn or native (PyTorch's own, MKL on x86).
+
+    auto takes oneDNN wherever this PyTorch has it and no GPU is visible; asked for where it has not, refused."""
+    if setting == "auto":
+        return "onednn" if not torch.cuda.is_available() and onednn.available() else "native"
+    if setting == "onednn" and not onednn.available():
+        raise UserError("params.yaml: compute.cpu_matmul is onednn, but this PyTorch build has no oneDNN linear "
+                        "(torch.backends.mkldnn). Use auto or native.")
+    return setting
+
+
+def matmul_kernels(compute):
+    """The context that training and prediction run in: fp32 linear layers on a CPU in oneDNN where params
+    compute.cpu_matmul chooses it (transfer/training/cpu_matmul.py). Under bf16 or fp16 nothing changes, nor with
+    gradient checkpointing: its recomputation runs inside the backward pass, which a TorchFunctionMode does not
+    reach, so the layers recomputed would not be the ones that ran (and saved other tensors)."""
+    return onednn.onednn_linear(cpu_matmul(compute["cpu_matmul"]) == "onednn" and precision(compute["precision"]) == "fp32"
+                                and not compute["gradient_checkpointing"])
+
+
 def check(params, config=None):
     """The early check of params 'compute' and 'launcher' against this machine and, given its config, the model."""
     from transfer.training import launcher
 
     precision(params["compute"]["precision"])
+    cpu_matmul(params["compute"]["cpu_matmul"])
     launcher.check(params)
     if config is not None and params["compute"]["gradient_checkpointing"]:
         from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
