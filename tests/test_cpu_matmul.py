@@ -63,6 +63,16 @@ def test_a_frozen_weight_gets_no_gradient_and_costs_no_matmul(onednn_calls):
     assert len(onednn_calls) == 2  # the output and the input's gradient only
 
 
+def test_keyword_arguments_reach_onednn_too(onednn_calls):
+    x, weight, bias = torch.randn(4, 8), torch.randn(6, 8), torch.randn(6)
+    with cpu_matmul.onednn_linear():
+        out = F.linear(x, weight=weight, bias=bias)
+        keywords_only = F.linear(input=x, weight=weight)
+    assert len(onednn_calls) == 2
+    torch.testing.assert_close(out, x @ weight.T + bias)
+    torch.testing.assert_close(keywords_only, x @ weight.T)
+
+
 def test_training_runs_its_linear_layers_in_onednn_and_learns_as_pytorchs_own(tiny_bert, tmp_path, onednn_calls):
     weights, results = {}, {}
     for setting in ("native", "onednn"):
