@@ -100,7 +100,9 @@ def test_two_processes_fine_tune_the_classifier_as_one_does(project, tmp_path):
     assert double["val_loss"] == pytest.approx(single["val_loss"], rel=LOSS_TOLERANCE)
     single_curves, double_curves = curves(one, "finetune"), curves(two, "finetune")
     for name in ("train/loss.tsv", "train/grad_norm.tsv", "train/learning_rate.tsv"):  # the same steps, the same rows
-        pd.testing.assert_frame_equal(double_curves[name], single_curves[name], obj=name)
+        # to the 4 digits written, but for a value on a rounding boundary, which may flip in its last digit
+        pd.testing.assert_frame_equal(double_curves[name], single_curves[name], obj=name, check_exact=False,
+                                      rtol=1e-3, atol=0)
     assert double_curves["eval/macro_f1.tsv"].equals(single_curves["eval/macro_f1.tsv"])
 
 
