@@ -1,9 +1,9 @@
 """How training runs on the hardware (params `compute`): the number format and the memory knobs, as the Trainer
 takes them. The pretrain, finetune and peft stages all train through these arguments.
 
-On a CPU the defaults train in fp32 with every activation kept, the linear layers' matmuls in oneDNN (cpu_matmul); on
-a GPU `precision: auto` trains in bf16 where
-the GPU has it and in fp16 with loss scaling where it has not, and lets fp32 matmuls run as TF32 from Ampere on."""
+On a CPU the defaults train in fp32 with every activation kept, the linear layers' matmuls in oneDNN (cpu_matmul);
+on a GPU `precision: auto` trains in bf16 where the GPU has it and in fp16 with loss scaling where it has not, and
+lets fp32 matmuls run as TF32 from Ampere on."""
 import os
 
 import torch

@@ -1,8 +1,8 @@
 """fp32 linear layers through oneDNN on a CPU (params compute.cpu_matmul), in training and in prediction.
 
 PyTorch's x86 builds run an fp32 `F.linear` through MKL's GEMM, which on AMD EPYC CPUs takes a slower code path:
-measured at MiniLM's FFN shape, MKL ran at about 200 GFLOP/s where oneDNN, which PyTorch also ships, ran at about
-450 (`python -m bench.cpu_matmul`). oneDNN is what PyTorch already uses for bf16 on a CPU; for fp32 nothing in
+measured at MiniLM's FFN shape on 2 threads, MKL ran at 230 GFLOP/s where oneDNN, which PyTorch also ships, ran at
+511 (`python -m bench.cpu_matmul`). oneDNN is what PyTorch already uses for bf16 on a CPU; for fp32 nothing in
 PyTorch asks for it, so this routes each fp32 `F.linear` on a CPU (every nn.Linear: the encoder, LoRA's and the
 adapters' layers, the heads) to oneDNN's matmul, forward and backward, while `with onednn_linear():` is open.
 
@@ -34,7 +34,8 @@ class OneDNNLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         weight = weight.contiguous()
-        ctx.save_for_backward(rows, weight)
+        # each gradient needs the other operand only: a frozen weight (LoRA's, the adapters') keeps no input alive
+        ctx.save_for_backward(rows if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
         ctx.input_shape, ctx.has_bias = x.shape, bias is not None
         return matmul_transposed(rows, weight, bias).reshape(*x.shape[:-1], weight.shape[0])
 
