@@ -85,8 +85,9 @@ def gemm(seconds, m=4096, k=384, n=1536):
             "int8_gemm_speedup": round(fp32["median_ms"] / int8["median_ms"], 2)}
 
 
-def build(fp32_dir, out, model_type, sample, fuse, int8=None, per_channel=True):
-    """A copy of the fp32 export, fused or not, then quantized or not: returns the model file to time."""
+def build(fp32_dir, out, model_type, sample, calibration, fuse, int8=None, per_channel=True, smoothing=0.0):
+    """A copy of the fp32 export, fused or not, then quantized or not (outliers smoothed or not): returns the model
+    file to time."""
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
@@ -97,7 +98,9 @@ def build(fp32_dir, out, model_type, sample, fuse, int8=None, per_channel=True):
         config = AutoQuantizationConfig.avx2(is_static=False)
         ORTQuantizer.from_pretrained(out, file_name=onnx_model.FP32_FILE).quantize(config, save_dir=out)
         return Path(out) / onnx_model.INT8_FILE
-    return onnx_model.quantize_int8(out, int8, per_channel)[0] if int8 else Path(out) / onnx_model.FP32_FILE
+    if not int8:
+        return Path(out) / onnx_model.FP32_FILE
+    return onnx_model.quantize_int8(out, int8, per_channel, calibration, smoothing)[0]
 
 
 def main():
@@ -111,6 +114,10 @@ def main():
                         help="the int8 the summary keys describe: export.fuse_graph unless given")
     parser.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=export["int8_per_channel"],
                         help="the same, for export.int8_per_channel")
+    parser.add_argument("--smoothing", type=float, default=export["int8_smoothing"],
+                        help="the same, for export.int8_smoothing (0: none)")
+    parser.add_argument("--compare-smoothing", default="0.3,0.5,0.7,1.0",
+                        help="outlier-smoothing strengths also built and timed (int8_<kernels>_smoothed_<strength>)")
     args = parser.parse_args()
     machine = cpu()
     scratch = Path(tempfile.mkdtemp(prefix="bench-inference-"))
@@ -120,12 +127,17 @@ def main():
     kind, model_type = onnx_model.int8_kind("auto"), model.config.model_type
     builds = {"onnx_fp32_fused": (True, None, True), "int8_previous": (False, "previous", True),
               f"int8_{kind}": (False, kind, True), f"int8_{kind}_per_tensor": (False, kind, False),
-              f"int8_{kind}_fused": (True, kind, True), f"int8_{kind}_fused_per_tensor": (True, kind, False)}
-    test = dataset.load_prepared()[0]["test"].head(args.texts)
+              f"int8_{kind}_fused": (True, kind, True), f"int8_{kind}_fused_per_tensor": (True, kind, False),
+              **{f"int8_{kind}_smoothed_{strength:g}": (False, kind, True, strength)
+                 for strength in sorted({*map(float, args.compare_smoothing.split(",")), args.smoothing} - {0.0})}}
+    parts = dataset.load_prepared()[0]
+    test = parts["test"].head(args.texts)
     sample = tokenizer(test["text"].head(4).tolist(), padding=True, truncation=True, max_length=args.max_length,
                        return_tensors="np")
-    paths = {"onnx_fp32": fp32_path, **{name: build(scratch / "fp32", scratch / name, model_type, sample, *how)
-                                         for name, how in builds.items()}}
+    calibration = list(onnx_model.padded_batches(tokenizer, parts["train"]["text"].head(export["int8_calibration_texts"]),
+                                                 args.max_length, 32, "head_tail"))  # as the export stage calibrates
+    paths = {"onnx_fp32": fp32_path, **{name: build(scratch / "fp32", scratch / name, model_type, sample, calibration,
+                                                    *how) for name, how in builds.items()}}
     sessions = {name: onnx_model.onnx_session(path) for name, path in paths.items()}
 
     labels = test["label"].to_numpy()
@@ -134,6 +146,12 @@ def main():
                                                 truncation="head_tail") for name, session in sessions.items()}
     accuracy = {name: round(float(np.mean(p == labels)), 4) for name, p in predictions.items()}
     agreement = {name: round(float(np.mean(p == predictions["onnx_fp32"])), 4) for name, p in predictions.items()}
+    validation = list(onnx_model.padded_batches(tokenizer, parts["validation"]["text"], args.max_length, 32,
+                                                "head_tail"))
+    val_logits = {name: np.concatenate([onnx_model.onnx_logits(session, batch) for batch in validation])
+                  for name, session in sessions.items()}
+    logit_error = {name: round(float(np.sqrt(np.mean((logits - val_logits["onnx_fp32"]) ** 2))), 4)
+                   for name, logits in val_logits.items()}  # how far each model's logits move from fp32's
     lengths = sorted(range(len(encoded["input_ids"])), key=lambda i: len(encoded["input_ids"][i]))
     median_text = lengths[len(lengths) // 2]
     batches = {"b1_128": onnx_model.fixed_batch(tokenizer, test["text"].tolist(), 1, 128),
@@ -156,7 +174,8 @@ def main():
                              for name, session in sessions.items()}}
     gemms = gemm(args.seconds)
     size = {name: round(onnx_model.size_mb(path), 1) for name, path in paths.items()}
-    chosen = f"int8_{kind}{'_fused' if args.fuse else ''}{'' if args.per_channel else '_per_tensor'}"
+    chosen = (f"int8_{kind}_smoothed_{args.smoothing:g}" if args.smoothing else
+              f"int8_{kind}{'_fused' if args.fuse else ''}{'' if args.per_channel else '_per_tensor'}")
 
     fp32 = "onnx_fp32_fused" if args.fuse else "onnx_fp32"  # the fp32 model the export ships beside the int8 one
 
@@ -166,7 +185,8 @@ def main():
               "test_texts": len(test), "exported_int8": chosen, "size_mb": size,
               "pytorch_threads": torch.get_num_threads(),  # what timed() runs PyTorch on
               "int8_size_fraction": round(size[chosen] / size["onnx_fp32"], 3), "accuracy": accuracy,
-              "agreement_with_fp32": agreement,
+              "agreement_with_fp32": agreement, "validation_texts": len(parts["validation"]),
+              "validation_logit_rms_error": logit_error,
               "int8_accuracy_change": round(accuracy[chosen] - accuracy[fp32], 4), "onnx_fp32_shipped": fp32,
               "int8_speedup_vs_torch_b32": speedup("b32_128", "pytorch_fp32"),
               "int8_speedup_vs_torch_onednn_b32": (speedup("b32_128", "pytorch_fp32_onednn")
@@ -200,15 +220,18 @@ def markdown(r):
              *r["size_mb"]]
     lines = [f"`{r['command']}` on {c['name']} ({c['machine']}, {c['threads']} threads, AVX-512 VNNI: "
              f"{'yes' if c['avx512_vnni'] else 'no'}), torch {r['torch']}, model `{r['model']}`. Median ms per "
-             "call (interquartile range); real = the test reviews tokenized up to 256 tokens, dynamic padding.", "",
-             "| runtime | size MB | accuracy | same label as fp32 | " + " | ".join(f"{s} ({'×'.join(map(str, t['tokens']))})"
+             "call (interquartile range); real = the test reviews tokenized up to 256 tokens, dynamic padding. Accuracy on "
+             "the test texts; logit error: root-mean-square distance of the logits from onnx_fp32's on the "
+             f"{r.get('validation_texts', '?')} validation texts.", "",
+             "| runtime | size MB | accuracy | same label as fp32 | logit error | " + " | ".join(f"{s} ({'×'.join(map(str, t['tokens']))})"
                                                         for s, t in r["latency"].items()) + " |",
-             "|---|---|---|---|" + "---|" * len(r["latency"])]
+             "|---|---|---|---|---|" + "---|" * len(r["latency"])]
     for name in names:
         cells = [f"{t[name]['median_ms']} ({t[name]['iqr_ms']})" for t in r["latency"].values()]
         lines.append(f"| {name}{' (exported)' if name == r['exported_int8'] else ''} | "
                      f"{r['size_mb'].get(name, '')} | {r['accuracy'].get(name, '')} | "
-                     f"{r['agreement_with_fp32'].get(name, '')} | " + " | ".join(cells) + " |")
+                     f"{r['agreement_with_fp32'].get(name, '')} | {r.get('validation_logit_rms_error', {}).get(name, '')} | "
+                     + " | ".join(cells) + " |")
     g = r["gemm"]
     lines += ["", f"Exported int8 (`{r['exported_int8']}`): {r['int8_speedup_vs_torch_b32']}× PyTorch fp32 at batch "
               f"32 × 128 ({r['int8_speedup_vs_torch_b32_real']}× at real lengths), {r['int8_speedup_vs_onnx_fp32_b32']}× "

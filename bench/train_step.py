@@ -1,7 +1,9 @@
 """One fine-tuning step of a MiniLM-shaped BERT (6 layers, hidden 384, batch 16 x 128 tokens), timed set-up by set-up
-in one run: what attention dropout, the attention implementation and torch.compile cost on this machine.
+in one run: what attention dropout, the attention implementation, the CPU kernels (compute.cpu_matmul,
+compute.cpu_dropout) and torch.compile cost on this machine.
 
-    python -m bench.train_step                 # SDPA and eager attention, with the model's dropout and without
+    python -m bench.train_step                 # SDPA and eager attention, dropout's masks, oneDNN or MKL linear
+    python -m bench.train_step --length 52     # the same at IMDB's first two sentences' length
     python -m bench.train_step --compile       # ... and torch.compile'd (inductor): first steps and the steady one
 
 A random-weight model (speed does not depend on the weights), AdamW fused, forward + backward + step. Each set-up's
@@ -17,10 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import contextlib
+
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from bench.inference import cpu
+from transfer.training import cpu_dropout, cpu_matmul
 
 RESULTS = Path(__file__).resolve().parent / "results/train_step.json"
 
@@ -50,19 +55,41 @@ def median_step(model, optimizer, steps, length=128):
     return statistics.median(step_seconds(model, optimizer, length) for _ in range(steps))
 
 
+def kernels(linear, masks):
+    """The context a set-up trains in: linear 'onednn' or 'mkl' (PyTorch's own), dropout masks 'fast' or 'native'."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(cpu_matmul.onednn_linear(linear == "onednn"))
+    stack.enter_context(cpu_dropout.fast_dropout(masks == "fast"))
+    return stack
+
+
+SETUPS = {  # name: (attention implementation, attention dropout, linear kernels, dropout masks)
+    "sdpa, attention dropout 0.1, MKL linear, native masks": ("sdpa", 0.1, "mkl", "native"),
+    "sdpa, attention dropout 0.1, oneDNN linear, native masks": ("sdpa", 0.1, "onednn", "native"),
+    "sdpa, attention dropout 0.1, oneDNN linear, fast masks": ("sdpa", 0.1, "onednn", "fast"),
+    "eager, attention dropout 0.1, oneDNN linear, fast masks": ("eager", 0.1, "onednn", "fast"),
+    "sdpa, attention dropout 0.0, oneDNN linear, fast masks": ("sdpa", 0.0, "onednn", "fast"),
+}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--length", type=int, default=128, help="tokens per text (batch 16)")
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
-    setups = {f"{impl}, attention dropout {p}": (impl, p) for impl in ("sdpa", "eager") for p in (0.1, 0.0)}
-    medians = {name: [] for name in setups}
+    medians = {name: [] for name in SETUPS}
     for _ in range(args.repeats):
-        for name, setup in setups.items():
-            medians[name].append(round(median_step(*model_and_optimizer(*setup), args.steps), 3))
-    result = {"cpu": cpu(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "median_step_seconds": medians}
+        for name, (implementation, dropout, linear, masks) in SETUPS.items():
+            with kernels(linear, masks):
+                step = median_step(*model_and_optimizer(implementation, dropout), args.steps, args.length)
+            medians[name].append(round(step, 3))
+    best = {name: min(values) for name, values in medians.items()}
+    reference = best["sdpa, attention dropout 0.1, oneDNN linear, native masks"]
+    result = {"cpu": cpu(), "torch": torch.__version__, "threads": torch.get_num_threads(), "length": args.length,
+              "median_step_seconds": medians,
+              "speedup_over_onednn_native_masks": {name: round(reference / b, 2) for name, b in best.items()}}
     if args.compile:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()  # compiled cold, as a user's first run is
         model, optimizer = model_and_optimizer("sdpa", 0.1)
@@ -71,8 +98,16 @@ def main():
             "first_step_seconds": round(step_seconds(model, optimizer, 128), 1),
             "first_step_at_length_120_seconds": round(step_seconds(model, optimizer, 120), 1),
             "median_step_seconds": round(median_step(model, optimizer, args.steps), 3)}
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(RESULTS.read_text())
+    path = RESULTS if args.length == 128 else RESULTS.with_name(f"train_step_{args.length}.json")
+    if not args.compile and path.exists():  # an earlier --compile run's figures stay, marked as such
+        earlier = json.loads(path.read_text())
+        compiled = earlier.get("compiled_sdpa_0.1_earlier_run") or (
+            {**earlier["compiled_sdpa_0.1"], "note": "MKL linear, native masks: measured by an earlier run"}
+            if "compiled_sdpa_0.1" in earlier else None)
+        if compiled:
+            result["compiled_sdpa_0.1_earlier_run"] = compiled
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(path.read_text())
 
 
 if __name__ == "__main__":

@@ -34,14 +34,16 @@ OFF = ("# No compressed models\n\nparams.yaml has compress.distill and compress.
        "(`dvc exp run -S compress.distill=true`) for a smaller model beside the full fine-tune.\n")
 
 
-def measure(model, onnx_dir, tokenizer, test, names, params):
+def measure(model, onnx_dir, tokenizer, parts, names, params):
     """The PyTorch model and onnx_dir's model.onnx (quantized there to int8) on the test split: accuracy, macro-F1,
     sizes and latency, side by side."""
     cfg, train_cfg = params["export"], params["train"]
     fp32_path = Path(onnx_dir) / onnx_model.FP32_FILE
-    int8_path, _ = onnx_model.quantize_int8(onnx_dir, cfg["int8"], cfg["int8_per_channel"])
+    calibration = onnx_model.calibration_batches(tokenizer, parts["train"], params)
+    int8_path, _ = onnx_model.quantize_int8(onnx_dir, cfg["int8"], cfg["int8_per_channel"], calibration,
+                                            cfg["int8_smoothing"])
     sessions = {"onnx_fp32": onnx_model.onnx_session(fp32_path), "onnx_int8": onnx_model.onnx_session(int8_path)}
-    texts, labels = test["text"], test["label"].to_numpy()
+    texts, labels = parts["test"]["text"], parts["test"]["label"].to_numpy()
     predicted = {"pytorch_fp32": modeling.predict(model, tokenizer, texts, train_cfg["max_length"],
                                                   train_cfg["eval_batch_size"], train_cfg["truncation"]).argmax(axis=1)}
     for name, session in sessions.items():
@@ -95,13 +97,12 @@ def main(params):
     checkpointing.claim(CHECKPOINTS, checkpointing.run_identity(params, [PREPARED, FINETUNED]),
                         params["checkpoints"]["resume"])
     tokenizer = modeling.load_tokenizer(FINETUNED)
-    test = parts["test"]
     summary, timing = {"variants": variants}, {}
     with replaced_together(OUT_DIR, METRICS, TIMING) as (out, metrics_file, timing_file):
         out.mkdir()
         with tempfile.TemporaryDirectory() as scratch:
             onnx_model.export_onnx(FINETUNED, scratch)
-            summary["teacher"], timing["teacher"] = measure(teacher, scratch, tokenizer, test, names, params)
+            summary["teacher"], timing["teacher"] = measure(teacher, scratch, tokenizer, parts, names, params)
         for name in variants:
             torch.manual_seed(training_seed(params))
             model, results, train_timing = train(name, teacher, tokenizer, parts, params)
@@ -109,7 +110,7 @@ def main(params):
             onnx_model.export_onnx(out / name, out / name)
             write_json(out / name / onnx_model.INFERENCE_FILE, {"kind": "transformer", "truncation":
                        params["train"]["truncation"], "max_length": params["train"]["max_length"]})
-            figures, latency = measure(model, out / name, tokenizer, test, names, params)
+            figures, latency = measure(model, out / name, tokenizer, parts, names, params)
             drop = summary["teacher"]["test_macro_f1"]["pytorch_fp32"] - figures["test_macro_f1"]["pytorch_fp32"]
             summary[name] = {**figures, "training": results, "macro_f1_drop": round(drop, 4),
                              "warnings": compression.drop_warnings(name, drop, cfg["max_f1_drop"])}

@@ -35,7 +35,7 @@ def test_probabilities(params, test):
         if key == "baseline":
             probabilities[key] = model.predict_proba(test["text"])
         else:
-            with compute.matmul_kernels(params["compute"]):
+            with compute.cpu_kernels(params["compute"]):
                 probabilities[key] = modeling.predict(model, tokenizer, test["text"], train_cfg["max_length"],
                                                       params["evaluate"]["batch_size"], train_cfg["truncation"])
         latency[key] = round((time.perf_counter() - started) * 1000 / max(len(test), 1), 2)

@@ -63,8 +63,9 @@ def int8_check(labels, fp32, int8, names, max_recall_drop):
     return check, warnings
 
 
-def export_transformer(source, out, params, test, names):
+def export_transformer(source, out, params, parts, names):
     cfg, train_cfg = params["export"], params["train"]
+    test = parts["test"]
     tokenizer = modeling.load_tokenizer(PRETRAINED)
     model, torch_mb = export_source(source, out, tokenizer)
     tokenizer.save_pretrained(out)  # the folder is a model a user can ship: ONNX files, config, tokenizer
@@ -72,7 +73,9 @@ def export_transformer(source, out, params, test, names):
     sample = tokenizer(test["text"].head(4).tolist(), padding=True, truncation=True,
                        max_length=train_cfg["max_length"], return_tensors="np")
     fused = cfg["fuse_graph"] and onnx_model.fuse_graph(out, model.config.model_type, sample)
-    int8_path, int8_kind = onnx_model.quantize_int8(out, cfg["int8"], cfg["int8_per_channel"])
+    calibration = onnx_model.calibration_batches(tokenizer, parts["train"], params)
+    int8_path, int8_kind = onnx_model.quantize_int8(out, cfg["int8"], cfg["int8_per_channel"], calibration,
+                                                    cfg["int8_smoothing"])
     sessions = {"onnx_fp32": onnx_model.onnx_session(fp32_path), "onnx_int8": onnx_model.onnx_session(int8_path)}
     predictions = {name: onnx_model.onnx_predict(session, tokenizer, test["text"], train_cfg["max_length"],
                                                 train_cfg["eval_batch_size"], train_cfg["truncation"])
@@ -87,7 +90,8 @@ def export_transformer(source, out, params, test, names):
              "onnx_int8": onnx_model.size_mb(int8_path)}
     accuracy = {name: float(np.mean(p == labels)) for name, p in predictions.items()}
     figures = {"test_accuracy": accuracy, "int8_check": check, "warnings": warnings,
-               "onnx": {"fused_graph": fused, "int8_kernels": int8_kind, "int8_per_channel": cfg["int8_per_channel"]},
+               "onnx": {"fused_graph": fused, "int8_kernels": int8_kind, "int8_per_channel": cfg["int8_per_channel"],
+                        "int8_smoothing": cfg["int8_smoothing"]},
                "size_mb": {name: round(mb, 2) for name, mb in sizes.items()},
                "int8_size_ratio": sizes["onnx_int8"] / sizes["pytorch_fp32"]}
     timing = {"latency_ms": latency, "latency_seq_length": cfg["latency_max_length"],
@@ -127,7 +131,7 @@ def main(params):
             figures, timing = export_baseline(out, params, parts["test"], names)
         else:
             out.mkdir()
-            figures, timing = export_transformer(exported, out, params, parts["test"], names)
+            figures, timing = export_transformer(exported, out, params, parts, names)
         summary = {"source": cfg["source"], "exported": exported,
                    "model": {"finetune": "full fine-tune", "peft": params["strategy"],
                              "baseline": "TF-IDF baseline"}[exported],

@@ -12,7 +12,8 @@ from tests.test_training_controls import classifier, toy_params, train
 
 pytestmark = pytest.mark.skipif(not cpu_matmul.available(), reason="this PyTorch has no oneDNN linear")
 
-FP32_ONEDNN = {"precision": "fp32", "gradient_checkpointing": False, "cpu_matmul": "onednn"}
+FP32_ONEDNN = {"precision": "fp32", "gradient_checkpointing": False, "cpu_matmul": "onednn",
+               "cpu_dropout": "native"}
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ def test_prediction_in_the_kernels_context_matches_and_uses_onednn(tiny_bert, on
     model, tokenizer = classifier(tiny_bert), load_tokenizer(str(tiny_bert))
     texts = ["a fine film", "dull and slow, a waste of two hours", "great"]
     reference = predict(model, tokenizer, texts, 32, batch_size=2)
-    with compute.matmul_kernels(FP32_ONEDNN):
+    with compute.cpu_kernels(FP32_ONEDNN):
         probabilities = predict(model, tokenizer, texts, 32, batch_size=2)
     assert onednn_calls
     assert abs(probabilities - reference).max() < 1e-5
@@ -104,13 +105,13 @@ def test_prediction_in_the_kernels_context_matches_and_uses_onednn(tiny_bert, on
 
 def test_bf16_autocast_checkpointing_and_the_native_setting_keep_pytorchs_linear(onednn_calls):
     x, weight = torch.randn(4, 8), torch.randn(6, 8)
-    with compute.matmul_kernels({**FP32_ONEDNN, "cpu_matmul": "native"}):
+    with compute.cpu_kernels({**FP32_ONEDNN, "cpu_matmul": "native"}):
         F.linear(x, weight)
-    with compute.matmul_kernels({**FP32_ONEDNN, "precision": "bf16"}):
+    with compute.cpu_kernels({**FP32_ONEDNN, "precision": "bf16"}):
         F.linear(x, weight)
-    with compute.matmul_kernels({**FP32_ONEDNN, "gradient_checkpointing": True}):  # tests/test_compute.py trains so
+    with compute.cpu_kernels({**FP32_ONEDNN, "gradient_checkpointing": True}):  # tests/test_compute.py trains so
         F.linear(x, weight)
-    with compute.matmul_kernels(FP32_ONEDNN), torch.autocast("cpu", dtype=torch.bfloat16):
+    with compute.cpu_kernels(FP32_ONEDNN), torch.autocast("cpu", dtype=torch.bfloat16):
         out = F.linear(x, weight)
     assert out.dtype == torch.bfloat16  # the autocast still decides
     assert not onednn_calls

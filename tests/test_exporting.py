@@ -117,5 +117,22 @@ def test_the_export_stage_records_its_onnx_settings(workdir):
     folder, params = workdir
     onnx_settings = metrics(folder, "export")["onnx"]
     assert onnx_settings == {"fused_graph": params["export"]["fuse_graph"], "int8_kernels": onnx_model.int8_kind("auto"),
-                             "int8_per_channel": params["export"]["int8_per_channel"]}
+                             "int8_per_channel": params["export"]["int8_per_channel"],
+                             "int8_smoothing": params["export"]["int8_smoothing"]}
     assert ("Attention" in op_types(folder / "models/exported" / onnx_model.FP32_FILE)) == params["export"]["fuse_graph"]
+
+
+def test_smoothed_int8_of_the_bert_keeps_its_predictions(exported, tmp_path):
+    """Outlier smoothing (export.int8_smoothing) on a real BERT graph: the smoothing Muls land in the int8 model,
+    which still runs and gives fp32's clear labels; model.onnx stays as exported."""
+    source, sample = exported
+    onnx_dir = shutil.copytree(source, tmp_path / "onnx")
+    original = (onnx_dir / onnx_model.FP32_FILE).read_bytes()
+    path, _ = onnx_model.quantize_int8(onnx_dir, "auto", True, [sample], 0.5)
+    assert any(node.op_type == "Mul" and node.name.endswith("_smooth") for node in onnx.load(str(path)).graph.node)
+    assert (onnx_dir / onnx_model.FP32_FILE).read_bytes() == original
+    fp32 = onnx_model.onnx_logits(onnx_model.onnx_session(onnx_dir / onnx_model.FP32_FILE), sample)
+    int8 = onnx_model.onnx_logits(onnx_model.onnx_session(path), sample)
+    assert np.abs(int8 - fp32).max() < 0.05
+    clear = np.abs(fp32[:, 0] - fp32[:, 1]) > 0.1
+    assert clear.any() and (fp32.argmax(1) == int8.argmax(1))[clear].all()

@@ -88,7 +88,7 @@ SCHEMA = {
         "seed": OPTIONAL_SEED,
     },
     "compute": {"precision": choice(*PRECISIONS), "gradient_checkpointing": BOOL,
-                "cpu_matmul": choice("auto", "onednn", "native")},
+                "cpu_matmul": choice("auto", "onednn", "native"), "cpu_dropout": choice("auto", "fast", "native")},
     "launcher": {"processes": POSITIVE_INT, "claim_gpus": BOOL},
     "finetune": {"epochs": POSITIVE_INT, "learning_rate": LEARNING_RATE},
     "peft": {"epochs": POSITIVE_INT},
@@ -148,6 +148,8 @@ SCHEMA = {
         "latency_max_length": number(int, 8),
         "int8": choice(*INT8_KINDS),
         "int8_per_channel": BOOL,
+        "int8_smoothing": number(float, 0.0, 2.0),
+        "int8_calibration_texts": POSITIVE_INT,
         "fuse_graph": BOOL,
     },
 }

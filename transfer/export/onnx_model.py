@@ -96,18 +96,30 @@ def fuse_graph(onnx_dir, model_type, sample):
     return True
 
 
-def quantize_int8(onnx_dir, kind="auto", per_channel=True):
+def quantize_int8(onnx_dir, kind="auto", per_channel=True, calibration=(), smoothing=0.0):
     """Dynamic int8 quantization of onnx_dir/model.onnx into onnx_dir/model_quantized.onnx for `kind`'s kernels
     (export.int8): signed weights where the CPU multiplies u8 by s8 without overflow (VNNI, ARM), unsigned on AVX2
-    without VNNI, as optimum's configs choose. Returns (path, kind)."""
+    without VNNI, as optimum's configs choose. With `smoothing` (export.int8_smoothing) above 0, the outlier channels
+    of the MatMul inputs, measured on `calibration` (tokenized batches), are smoothed first (transfer/export/
+    smoothing.py); model.onnx itself stays as it is. Returns (path, kind)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from transfer.export import smoothing as outliers
+
     kind = int8_kind(kind)
-    path = Path(onnx_dir) / INT8_FILE
-    quantize_dynamic(Path(onnx_dir) / FP32_FILE, path, per_channel=per_channel,
-                     weight_type=QuantType.QUInt8 if kind == "avx2" else QuantType.QInt8,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # types of the fused ops' outputs
+    source, path = Path(onnx_dir) / FP32_FILE, Path(onnx_dir) / INT8_FILE
+    smoothed = Path(onnx_dir) / "model_smoothed.onnx"
+    if smoothing > 0 and calibration:
+        model = onnx.load(str(source))
+        onnx.save(outliers.smooth(model, outliers.activation_ranges(model, calibration), smoothing)[0], str(smoothed))
+        source = smoothed
+    try:
+        quantize_dynamic(source, path, per_channel=per_channel,
+                         weight_type=QuantType.QUInt8 if kind == "avx2" else QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # types of the fused ops' outputs
+    finally:
+        smoothed.unlink(missing_ok=True)
     return path, kind
 
 
@@ -130,24 +142,42 @@ def onnx_session(path):
     return onnxruntime.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
 
 
-def onnx_logits(session, batch):
+def onnx_feed(session, batch):
+    """`batch` as the session takes it: its inputs alone, integers as int64, token_type_ids zero where missing."""
     names = {i.name for i in session.get_inputs()}
-    feed = {key: np.asarray(value, dtype=np.int64) for key, value in batch.items() if key in names}
+    feed = {key: np.asarray(value) for key, value in batch.items() if key in names}
+    feed = {key: value.astype(np.int64) if value.dtype.kind in "iub" else value for key, value in feed.items()}
     if "token_type_ids" in names and "token_type_ids" not in feed:
         feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
-    return session.run(None, feed)[0]
+    return feed
+
+
+def onnx_logits(session, batch):
+    return session.run(None, onnx_feed(session, batch))[0]
+
+
+def padded_batches(tokenizer, texts, max_length, batch_size=32, truncation="head"):
+    """`texts` tokenized as training does (train.truncation), in order, each batch padded to its longest text."""
+    from transfer.data.dataset import encode
+
+    encoded = encode(texts, tokenizer, max_length, truncation)
+    for start in range(0, len(encoded["input_ids"]), batch_size):
+        yield tokenizer.pad({key: value[start:start + batch_size] for key, value in encoded.items()},
+                            return_tensors="np")
+
+
+def calibration_batches(tokenizer, train, params):
+    """The training texts export.int8_smoothing measures its ranges on (export.int8_calibration_texts of them),
+    tokenized as the model trained."""
+    cfg = params["train"]
+    return list(padded_batches(tokenizer, train["text"].head(params["export"]["int8_calibration_texts"]),
+                               cfg["max_length"], cfg["eval_batch_size"], cfg["truncation"]))
 
 
 def onnx_predict(session, tokenizer, texts, max_length, batch_size=32, truncation="head"):
     """Predicted class ids for `texts`, in their order."""
-    from transfer.data.dataset import encode
-
-    encoded = encode(texts, tokenizer, max_length, truncation)
-    predictions = []
-    for start in range(0, len(encoded["input_ids"]), batch_size):
-        rows = {key: value[start:start + batch_size] for key, value in encoded.items()}
-        predictions.append(onnx_logits(session, tokenizer.pad(rows, return_tensors="np")).argmax(axis=1))
-    return np.concatenate(predictions)
+    return np.concatenate([onnx_logits(session, batch).argmax(axis=1) for batch in
+                           padded_batches(tokenizer, texts, max_length, batch_size, truncation)])
 
 
 def fixed_batch(tokenizer, texts, batch_size, max_length):

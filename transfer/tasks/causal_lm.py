@@ -139,7 +139,7 @@ def train(model, tokenizer, texts, cfg, compute, seed, output_dir, steps, learni
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     from transfer.training.checkpointing import resume_point
-    from transfer.training.compute import matmul_kernels, training_arguments
+    from transfer.training.compute import cpu_kernels, training_arguments
     from transfer.training.launcher import per_process, plain_cpu
     from transfer.training.tracking import LiveCurves, show_progress
 
@@ -152,7 +152,7 @@ def train(model, tokenizer, texts, cfg, compute, seed, output_dir, steps, learni
         save_safetensors=True, report_to=[], logging_steps=max(1, steps // 20), remove_unused_columns=False,
         disable_tqdm=not show_progress(), **training_arguments(compute)))
     started = time.perf_counter()
-    with matmul_kernels(compute):
+    with cpu_kernels(compute):
         Trainer(model=model, args=args, train_dataset=rows,
                 data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),  # labels: the inputs, pads -100
                 callbacks=[LiveCurves(curves_dir)] if curves_dir else []).train(resume_from_checkpoint=resume_point(output_dir))

@@ -296,7 +296,7 @@ def train(model, tokenizer, parts, cfg, params, output_dir, epochs, learning_rat
     from transformers import DataCollatorForTokenClassification, Trainer, TrainingArguments
 
     from transfer.training.checkpointing import resume_point
-    from transfer.training.compute import matmul_kernels, training_arguments
+    from transfer.training.compute import cpu_kernels, training_arguments
     from transfer.training.launcher import per_process, plain_cpu
     from transfer.training.tracking import LiveCurves, show_progress
 
@@ -323,7 +323,7 @@ def train(model, tokenizer, parts, cfg, params, output_dir, epochs, learning_rat
                       optimizers=(crf_optimizer(model, args, cfg["crf_learning_rate"]), None) if hasattr(model, "crf")
                       else (None, None))
     started = time.perf_counter()
-    with matmul_kernels(params["compute"]):
+    with cpu_kernels(params["compute"]):
         trainer.train(resume_from_checkpoint=resume_point(output_dir))
         seconds = time.perf_counter() - started
         return seconds, trainer.evaluate()["eval_entity_f1"]

@@ -11,7 +11,7 @@ from transfer.data.dataset import to_dataset
 from transfer.modeling import count_parameters
 from transfer.tasks.classification import classification_report, trainer_metrics
 from transfer.training.checkpointing import SaveEvery, resume_point
-from transfer.training.compute import across_processes, matmul_kernels, training_arguments as compute_arguments
+from transfer.training.compute import across_processes, cpu_kernels, training_arguments as compute_arguments
 from transfer.training.launcher import per_process, plain_cpu
 from transfer.training.tracking import LiveCurves, show_progress
 
@@ -214,7 +214,7 @@ def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, out
     evaluations.trainer = trainer
     started = time.perf_counter()
     resume_from = resume_point(output_dir)
-    with matmul_kernels(params["compute"]):
+    with cpu_kernels(params["compute"]):
         trainer.train(resume_from_checkpoint=resume_from)
         train_seconds = time.perf_counter() - started
         best = evaluations.best()

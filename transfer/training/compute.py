@@ -1,14 +1,17 @@
 """How training runs on the hardware (params `compute`): the number format and the memory knobs, as the Trainer
 takes them. The pretrain, finetune and peft stages all train through these arguments.
 
-On a CPU the defaults train in fp32 with every activation kept, the linear layers' matmuls in oneDNN (cpu_matmul);
+On a CPU the defaults train in fp32 with every activation kept, the linear layers' matmuls in oneDNN (cpu_matmul)
+and dropout's masks drawn four to a random number (cpu_dropout);
 on a GPU `precision: auto` trains in bf16 where the GPU has it and in fp16 with loss scaling where it has not, and
 lets fp32 matmuls run as TF32 from Ampere on."""
+import contextlib
 import os
 
 import torch
 
 from transfer.schema import UserError
+from transfer.training import cpu_dropout as dropout
 from transfer.training import cpu_matmul as onednn
 
 TF32_FROM_CAPABILITY = 8  # Ampere (A100, RTX 30xx) and later have TF32 tensor cores
@@ -45,13 +48,26 @@ def cpu_matmul(setting):
     return setting
 
 
-def matmul_kernels(compute):
-    """The context that training and prediction run in: fp32 linear layers on a CPU in oneDNN where params
-    compute.cpu_matmul chooses it (transfer/training/cpu_matmul.py). Under bf16 or fp16 nothing changes, nor with
-    gradient checkpointing: its recomputation runs inside the backward pass, which a TorchFunctionMode does not
-    reach, so the layers recomputed would not be the ones that ran (and saved other tensors)."""
-    return onednn.onednn_linear(cpu_matmul(compute["cpu_matmul"]) == "onednn" and precision(compute["precision"]) == "fp32"
-                                and not compute["gradient_checkpointing"])
+def cpu_dropout(setting):
+    """params compute.cpu_dropout made concrete: fast (transfer/training/cpu_dropout.py) or native.
+
+    auto takes fast where no GPU is visible; on a GPU dropout is PyTorch's, whatever the setting."""
+    if setting == "auto":
+        return "native" if torch.cuda.is_available() else "fast"
+    return setting
+
+
+def cpu_kernels(compute):
+    """The context that training and prediction run in: on a CPU in fp32, the linear layers in oneDNN where params
+    compute.cpu_matmul chooses it (transfer/training/cpu_matmul.py) and dropout's cheaper masks where
+    compute.cpu_dropout does (cpu_dropout.py). Under bf16 or fp16 nothing changes, nor with gradient checkpointing:
+    its recomputation runs inside the backward pass, which a TorchFunctionMode does not reach, so the layers
+    recomputed would not be the ones that ran (other saved tensors, other dropout masks)."""
+    plain = precision(compute["precision"]) == "fp32" and not compute["gradient_checkpointing"]
+    stack = contextlib.ExitStack()
+    stack.enter_context(onednn.onednn_linear(plain and cpu_matmul(compute["cpu_matmul"]) == "onednn"))
+    stack.enter_context(dropout.fast_dropout(plain and cpu_dropout(compute["cpu_dropout"]) == "fast"))
+    return stack
 
 
 def check(params, config=None):

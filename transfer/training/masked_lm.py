@@ -5,7 +5,7 @@ import torch
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback
 
 from transfer.training.checkpointing import resume_point
-from transfer.training.compute import across_processes, matmul_kernels, training_arguments
+from transfer.training.compute import across_processes, cpu_kernels, training_arguments
 from transfer.training.launcher import per_process, plain_cpu
 from transfer.training.tracking import LiveCurves, show_progress
 
@@ -126,7 +126,7 @@ def train_masked_lm(model, tokenizer, texts, cfg, compute, seed, output_dir, max
     started = time.perf_counter()
     callbacks = [ResumeMasking(collator), *([LiveCurves(curves_dir)] if curves_dir else [])]
     resume_from = resume_point(output_dir)
-    with matmul_kernels(compute):
+    with cpu_kernels(compute):
         MaskedLMTrainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
                         callbacks=callbacks).train(resume_from_checkpoint=resume_from)
     return time.perf_counter() - started
