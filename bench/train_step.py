@@ -19,13 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import contextlib
-
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from bench.inference import cpu
-from transfer.training import cpu_dropout, cpu_matmul
+from transfer.training import compute
 
 RESULTS = Path(__file__).resolve().parent / "results/train_step.json"
 
@@ -56,11 +54,10 @@ def median_step(model, optimizer, steps, length=128):
 
 
 def kernels(linear, masks):
-    """The context a set-up trains in: linear 'onednn' or 'mkl' (PyTorch's own), dropout masks 'fast' or 'native'."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(cpu_matmul.onednn_linear(linear == "onednn"))
-    stack.enter_context(cpu_dropout.fast_dropout(masks == "fast"))
-    return stack
+    """The context a set-up trains in, as the stages get it from compute.cpu_kernels: linear 'onednn' or 'mkl'
+    (PyTorch's own), dropout masks 'fast' or 'native'."""
+    return compute.cpu_kernels({"precision": "fp32", "gradient_checkpointing": False,
+                                "cpu_matmul": "onednn" if linear == "onednn" else "native", "cpu_dropout": masks})
 
 
 SETUPS = {  # name: (attention implementation, attention dropout, linear kernels, dropout masks)
