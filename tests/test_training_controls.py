@@ -262,6 +262,57 @@ def test_length_grouped_batches_come_in_random_order_not_as_a_drift_from_long_to
         LengthGroupedSampler(16, lengths=lengths), seed=7)) == order, "set by the seed and the epoch alone"
 
 
+def test_a_short_last_batch_stays_last_so_that_every_loaded_batch_is_one_length_group():
+    """1,000 rows in batches of 16 leave a batch of 8: shuffled into the middle it shifted every later batch the
+    loader cut by 8 rows, so each straddled two length groups and padded to the longer one."""
+    import numpy as np
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    from transfer.training.classifier import EpochSeededLengthGroupedSampler
+
+    lengths = np.random.default_rng(1).integers(2, 128, size=1000).tolist()
+    stock = get_length_grouped_indices(lengths, 16, generator=torch.Generator().manual_seed(42))
+    groups = {tuple(sorted(stock[i:i + 16])) for i in range(0, 1000, 16)}
+    for epoch in range(3):
+        sampler = EpochSeededLengthGroupedSampler(LengthGroupedSampler(16, lengths=lengths), seed=42)
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        loaded = [order[i:i + 16] for i in range(0, 1000, 16)]  # what the Trainer's DataLoader makes of it
+        assert sorted(order) == list(range(1000)) and len(loaded[-1]) == 8
+        if epoch == 0:
+            assert {tuple(sorted(batch)) for batch in loaded} == groups
+        padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in loaded)
+        assert sum(lengths) / padded > 0.85  # every batch one group (0.6 when they straddled two)
+
+
+def test_evaluation_runs_longest_rows_first_and_pads_little(tiny_bert, tmp_path):
+    """With group_by_length the stock Trainer evaluates in megabatches of random rows; the pipeline's Trainer sorts
+    the validation rows by length, longest first, so each batch pads to rows of about its own length."""
+    from transformers import DataCollatorWithPadding
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from transfer.data.dataset import to_dataset
+    from transfer.training.classifier import training_arguments
+
+    params = toy_params(eval_batch_size=16)
+    tokenizer = load_tokenizer(str(tiny_bert))
+    words = np.random.default_rng(0).integers(1, 30, size=100)
+    frame = pd.DataFrame({"text": [" ".join(["good film"] * k) for k in words], "label": words % 2})
+    validation = to_dataset(frame, tokenizer, 32)
+    trainer = ResumableTrainer(model=classifier(tiny_bert), processing_class=tokenizer, eval_dataset=validation,
+                               data_collator=DataCollatorWithPadding(tokenizer), args=training_arguments(
+                                   tmp_path, params["train"], params["compute"], 1, 1e-3, 0))
+    batches = list(trainer.get_eval_dataloader())
+    widths = [batch["input_ids"].shape[1] for batch in batches]
+    real = sum(int(batch["attention_mask"].sum()) for batch in batches)
+    assert widths == sorted(widths, reverse=True) and sum(len(b["input_ids"]) for b in batches) == 100
+    lengths = [len(ids) for ids in validation["input_ids"]]
+    stock = list(LengthGroupedSampler(16, lengths=lengths))
+    stock_padded = sum(len(chunk) * max(lengths[i] for i in chunk) for chunk in
+                       (stock[i:i + 16] for i in range(0, 100, 16)))
+    assert real == sum(lengths) and sum(len(b["input_ids"]) * w for b, w in zip(batches, widths)) < stock_padded
+
+
 def test_attention_dropout_reaches_the_attention_of_a_training_forward(tiny_bert, capsys, monkeypatch):
     """train.attention_dropout replaces the model's own rate: with the other dropouts off, a training-mode forward
     is random only where the attention weights are dropped. null keeps the saved config's rate."""

@@ -33,7 +33,9 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     label (Chinese reviews: the positive ones longer), the label mix drifts over 50 steps at a time and the
     classifier chases it; a fine-tune on 2,000 such reviews stayed at one class, where the same batches in random
     order learned (README.md, your own vocabulary). Only the longest batch keeps its place at the front, so that a batch too big
-    for the device fails at the first step."""
+    for the device fails at the first step, and a short last batch (rows not a multiple of the batch size) keeps its
+    place at the end: in the middle it would shift every later batch by its shortfall, so that each batch the loader
+    cut straddled two length groups (1,000 short reviews: 77% of the computed tokens text instead of 92%)."""
 
     def __init__(self, sampler, seed, processes=1):
         # a batch here is one optimizer step's rows, of every process: the processes split each one, in order
@@ -47,8 +49,10 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         grouped = get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
         batches = [grouped[i:i + self.batch_size] for i in range(0, len(grouped), self.batch_size)]
-        rest = torch.randperm(max(len(batches) - 1, 0), generator=generator).add(1).tolist()
-        order = [0, *rest] if batches else []
+        short_last = len(batches) > 1 and len(batches[-1]) < self.batch_size
+        middle = len(batches) - 1 - short_last
+        rest = torch.randperm(max(middle, 0), generator=generator).add(1).tolist()
+        order = [0, *rest, *([len(batches) - 1] if short_last else [])] if batches else []
         return iter([index for position in order for index in batches[position]])
 
 
@@ -83,6 +87,18 @@ class ResumableTrainer(Trainer):
         loss = loss / (num_items_in_batch if num_items_in_batch is not None else len(labels))
         loss = across_processes(loss, self, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+    def _get_eval_sampler(self, eval_dataset):
+        """Evaluation in batches of the longest rows first down to the shortest: the fewest padded tokens. With
+        group_by_length the stock Trainer groups evaluation like training, by megabatches of random rows, which on
+        200 short reviews in batches of 64 left 57% of the computed tokens padding. The predictions come back in
+        this order, with their label_ids beside them (KeptEvaluations, train_classifier)."""
+        column = self.processing_class.model_input_names[0] if self.processing_class is not None else "input_ids"
+        if (not self.args.group_by_length or self.args.world_size > 1
+                or column not in getattr(eval_dataset, "column_names", ())):
+            return super()._get_eval_sampler(eval_dataset)
+        lengths = [len(ids) for ids in eval_dataset[column]]
+        return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
