@@ -85,7 +85,8 @@ def gemm(seconds, m=4096, k=384, n=1536):
             "int8_gemm_speedup": round(fp32["median_ms"] / int8["median_ms"], 2)}
 
 
-def build(fp32_dir, out, model_type, sample, calibration, fuse, int8=None, per_channel=True, smoothing=0.0):
+def build(fp32_dir, out, model_type, sample, calibration, fuse, int8=None, per_channel=True, smoothing=0.0,
+          embedding_bits=8):
     """A copy of the fp32 export, fused or not, then quantized or not (outliers smoothed or not): returns the model
     file to time."""
     from optimum.onnxruntime import ORTQuantizer
@@ -100,7 +101,7 @@ def build(fp32_dir, out, model_type, sample, calibration, fuse, int8=None, per_c
         return Path(out) / onnx_model.INT8_FILE
     if not int8:
         return Path(out) / onnx_model.FP32_FILE
-    return onnx_model.quantize_int8(out, int8, per_channel, calibration, smoothing)[0]
+    return onnx_model.quantize_int8(out, int8, per_channel, calibration, smoothing, embedding_bits)[0]
 
 
 def main():
@@ -116,6 +117,8 @@ def main():
                         help="the same, for export.int8_per_channel")
     parser.add_argument("--smoothing", type=float, default=export["int8_smoothing"],
                         help="the same, for export.int8_smoothing (0: none)")
+    parser.add_argument("--embedding-bits", type=int, choices=(4, 8), default=export["int8_embedding_bits"],
+                        help="the same, for export.int8_embedding_bits (the other is built and timed too)")
     parser.add_argument("--compare-smoothing", default="0.3,0.5,0.7,1.0",
                         help="outlier-smoothing strengths also built and timed (int8_<kernels>_smoothed_<strength>)")
     args = parser.parse_args()
@@ -129,7 +132,8 @@ def main():
               f"int8_{kind}": (False, kind, True), f"int8_{kind}_per_tensor": (False, kind, False),
               f"int8_{kind}_fused": (True, kind, True), f"int8_{kind}_fused_per_tensor": (True, kind, False),
               **{f"int8_{kind}_smoothed_{strength:g}": (False, kind, True, strength)
-                 for strength in sorted({*map(float, args.compare_smoothing.split(",")), args.smoothing} - {0.0})}}
+                 for strength in sorted({*map(float, args.compare_smoothing.split(",")), args.smoothing} - {0.0})},
+              f"int8_{kind}_smoothed_{args.smoothing:g}_embeddings4": (False, kind, True, args.smoothing, 4)}
     parts = dataset.load_prepared()[0]
     test = parts["test"].head(args.texts)
     sample = tokenizer(test["text"].head(4).tolist(), padding=True, truncation=True, max_length=args.max_length,
@@ -176,6 +180,7 @@ def main():
     size = {name: round(onnx_model.size_mb(path), 1) for name, path in paths.items()}
     chosen = (f"int8_{kind}_smoothed_{args.smoothing:g}" if args.smoothing else
               f"int8_{kind}{'_fused' if args.fuse else ''}{'' if args.per_channel else '_per_tensor'}")
+    chosen += "_embeddings4" if args.embedding_bits == 4 else ""
 
     fp32 = "onnx_fp32_fused" if args.fuse else "onnx_fp32"  # the fp32 model the export ships beside the int8 one
 
@@ -197,7 +202,7 @@ def main():
               "int8_speedup_vs_previous_int8_b32": speedup("b32_128", "int8_previous"),
               "int8_speedup_vs_torch_b32_real": speedup("b32_real", "pytorch_fp32"),
               "int8_gemm_speedup": gemms["int8_gemm_speedup"], "gemm": gemms, "latency": timings,
-              "command": f"python -m bench.inference --texts {args.texts}"}
+              "embedding_bits": args.embedding_bits, "command": f"python -m bench.inference --texts {args.texts}"}
     result["other_cpus"] = earlier_runs_on_other_cpus(kind)
     write_json(RESULTS, result, exact=True)
     TABLE.write_text("\n".join(markdown(run) for run in [result, *result["other_cpus"].values()]))

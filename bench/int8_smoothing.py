@@ -42,7 +42,10 @@ def logits(path, batches):
     return np.concatenate([onnx_model.onnx_logits(session, batch) for batch in batches])
 
 
-def measure(model_dir, data_dir, strengths, export, train, scratch):
+def measure(model_dir, data_dir, variants, export, train, scratch):
+    """{variant: figures} of `model_dir` exported to ONNX fp32 and quantized once per variant ({name: keyword
+    arguments of onnx_model.quantize_int8 beyond export.int8 and export.int8_per_channel}), calibrated as the export
+    stage calibrates."""
     tokenizer = modeling.load_tokenizer(model_dir)
     parts = dataset.load_prepared(data_dir)[0]
 
@@ -52,20 +55,35 @@ def measure(model_dir, data_dir, strengths, export, train, scratch):
     splits = {split: (batches(parts[split]), parts[split]["label"].to_numpy()) for split in ("validation", "test")}
     fp32_dir = scratch / "fp32"
     onnx_model.export_onnx(model_dir, fp32_dir)
+    fp32_mb = onnx_model.size_mb(fp32_dir / onnx_model.FP32_FILE)
     reference = {split: logits(fp32_dir / onnx_model.FP32_FILE, b) for split, (b, _) in splits.items()}
-    rows = {"fp32_test_accuracy": round(float(np.mean(reference["test"].argmax(1) == splits["test"][1])), 4)}
-    for strength in strengths:
-        folder = shutil.copytree(fp32_dir, scratch / f"int8_{strength:g}")
-        path, _ = onnx_model.quantize_int8(folder, export["int8"], export["int8_per_channel"], calibration, strength)
-        row = {}
+    rows = {"fp32_mb": round(fp32_mb, 2),
+            "fp32_test_accuracy": round(float(np.mean(reference["test"].argmax(1) == splits["test"][1])), 4)}
+    for number, (name, options) in enumerate(variants.items()):
+        folder = shutil.copytree(fp32_dir, scratch / f"int8_{number}")
+        path, _ = onnx_model.quantize_int8(folder, export["int8"], export["int8_per_channel"], calibration, **options)
+        row = {"mb": round(onnx_model.size_mb(path), 2), "of_fp32": round(onnx_model.size_mb(path) / fp32_mb, 4)}
         for split, (b, labels) in splits.items():
             int8 = logits(path, b)
             row[f"{split}_logit_rms_error"] = round(float(np.sqrt(np.mean((int8 - reference[split]) ** 2))), 4)
             row[f"{split}_flips"] = int(np.sum(int8.argmax(1) != reference[split].argmax(1)))
         row["test_accuracy"] = round(float(np.mean(int8.argmax(1) == labels)), 4)
         row["texts"] = {split: len(labels) for split, (_, labels) in splits.items()}
-        rows[f"{strength:g}"] = row
+        rows[name] = row
     return rows
+
+
+def run(result, variants, results_path, table_path, markdown):
+    """Every model of models() through measure(), into result["models"]; writes the JSON and the markdown table."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, (model_dir, data_dir) in models().items():
+        with tempfile.TemporaryDirectory() as scratch:
+            result["models"][name] = measure(model_dir, data_dir, variants, params["export"], params["train"],
+                                             Path(scratch))
+        print(name, result["models"][name], flush=True)
+    write_json(results_path, result, exact=True)
+    table_path.write_text(markdown(result))
+    print(table_path.read_text())
 
 
 def main():
@@ -77,14 +95,7 @@ def main():
     result = {"cpu": cpu(), "torch": torch.__version__, "strengths": strengths,
               "max_length": params["train"]["max_length"], "models": {},
               "command": f"python -m bench.int8_smoothing --strengths {args.strengths}"}
-    for name, (model_dir, data_dir) in models().items():
-        with tempfile.TemporaryDirectory() as scratch:
-            result["models"][name] = measure(model_dir, data_dir, strengths, params["export"], params["train"],
-                                             Path(scratch))
-        print(name, result["models"][name], flush=True)
-    write_json(RESULTS, result, exact=True)
-    TABLE.write_text(markdown(result))
-    print(TABLE.read_text())
+    run(result, {f"{strength:g}": {"smoothing": strength} for strength in strengths}, RESULTS, TABLE, markdown)
 
 
 def markdown(r):

@@ -41,7 +41,7 @@ def measure(model, onnx_dir, tokenizer, parts, names, params):
     fp32_path = Path(onnx_dir) / onnx_model.FP32_FILE
     calibration = onnx_model.calibration_batches(tokenizer, parts["train"], params)
     int8_path, _ = onnx_model.quantize_int8(onnx_dir, cfg["int8"], cfg["int8_per_channel"], calibration,
-                                            cfg["int8_smoothing"])
+                                            cfg["int8_smoothing"], cfg["int8_embedding_bits"])
     sessions = {"onnx_fp32": onnx_model.onnx_session(fp32_path), "onnx_int8": onnx_model.onnx_session(int8_path)}
     texts, labels = parts["test"]["text"], parts["test"]["label"].to_numpy()
     predicted = {"pytorch_fp32": modeling.predict(model, tokenizer, texts, train_cfg["max_length"],

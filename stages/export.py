@@ -75,7 +75,7 @@ def export_transformer(source, out, params, parts, names):
     fused = cfg["fuse_graph"] and onnx_model.fuse_graph(out, model.config.model_type, sample)
     calibration = onnx_model.calibration_batches(tokenizer, parts["train"], params)
     int8_path, int8_kind = onnx_model.quantize_int8(out, cfg["int8"], cfg["int8_per_channel"], calibration,
-                                                    cfg["int8_smoothing"])
+                                                    cfg["int8_smoothing"], cfg["int8_embedding_bits"])
     sessions = {"onnx_fp32": onnx_model.onnx_session(fp32_path), "onnx_int8": onnx_model.onnx_session(int8_path)}
     predictions = {name: onnx_model.onnx_predict(session, tokenizer, test["text"], train_cfg["max_length"],
                                                 train_cfg["eval_batch_size"], train_cfg["truncation"])
@@ -91,7 +91,7 @@ def export_transformer(source, out, params, parts, names):
     accuracy = {name: float(np.mean(p == labels)) for name, p in predictions.items()}
     figures = {"test_accuracy": accuracy, "int8_check": check, "warnings": warnings,
                "onnx": {"fused_graph": fused, "int8_kernels": int8_kind, "int8_per_channel": cfg["int8_per_channel"],
-                        "int8_smoothing": cfg["int8_smoothing"]},
+                        "int8_smoothing": cfg["int8_smoothing"], "int8_embedding_bits": cfg["int8_embedding_bits"]},
                "size_mb": {name: round(mb, 2) for name, mb in sizes.items()},
                "int8_size_ratio": sizes["onnx_int8"] / sizes["pytorch_fp32"]}
     timing = {"latency_ms": latency, "latency_seq_length": cfg["latency_max_length"],

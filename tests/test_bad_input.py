@@ -433,6 +433,7 @@ def test_params_file_that_is_not_a_clean_mapping_is_refused(tmp_path, text, expe
     ("train", "group_by_length", "yes", r"'train.group_by_length' is 'yes'; it must be true or false"),
     ("data", "max_chars", 2.5, r"'data.max_chars' is 2.5; it must be an integer >= 1"),
     ("model", "trust_remote_code", "false", r"'model.trust_remote_code' is 'false'; it must be true or false"),
+    ("export", "int8_embedding_bits", 6, r"'export.int8_embedding_bits' is 6; it must be 4 or 8"),
     ("lora", None, 3, r"'lora' must be a mapping of keys, got 3. Give its keys: learning_rate, r, alpha"),
 ])
 def test_params_of_the_wrong_type_name_key_value_and_what_is_allowed(section, key, value, expected):

@@ -118,8 +118,33 @@ def test_the_export_stage_records_its_onnx_settings(workdir):
     onnx_settings = metrics(folder, "export")["onnx"]
     assert onnx_settings == {"fused_graph": params["export"]["fuse_graph"], "int8_kernels": onnx_model.int8_kind("auto"),
                              "int8_per_channel": params["export"]["int8_per_channel"],
-                             "int8_smoothing": params["export"]["int8_smoothing"]}
+                             "int8_smoothing": params["export"]["int8_smoothing"],
+                             "int8_embedding_bits": params["export"]["int8_embedding_bits"]}
     assert ("Attention" in op_types(folder / "models/exported" / onnx_model.FP32_FILE)) == params["export"]["fuse_graph"]
+
+
+def test_a_4_bit_vocabulary_table_shrinks_the_int8_model_and_keeps_its_predictions(exported, tmp_path):
+    """export.int8_embedding_bits 4: the input_ids' lookup becomes a GatherBlockQuantized of 4-bit blocks, half a byte
+    a value where the int8 quantizer's table takes one (the position and token-type tables stay its); the logits
+    stay close to the 8-bit table's, and model.onnx stays as exported."""
+    source, sample = exported
+    eight, four = (shutil.copytree(source, tmp_path / name) for name in ("eight", "four"))
+    path8, _ = onnx_model.quantize_int8(eight, "auto", True)
+    path4, _ = onnx_model.quantize_int8(four, "auto", True, embedding_bits=4)
+    table = next(t for t in onnx.load(str(source / onnx_model.FP32_FILE)).graph.initializer
+                 if t.name.endswith("word_embeddings.weight"))
+    graph = onnx.load(str(path4)).graph
+    lookups = [node for node in graph.node if node.op_type == "GatherBlockQuantized"]
+    assert len(lookups) == 1 and lookups[0].input[1] == "input_ids"
+    packed = next(t for t in graph.initializer if t.name == lookups[0].input[0])
+    assert packed.data_type == onnx.TensorProto.UINT4 and list(packed.dims) == list(table.dims)
+    assert len(packed.raw_data) == table.dims[0] * table.dims[1] // 2
+    assert not any(node.op_type == "Gather" and node.input[1] == "input_ids" for node in graph.node)
+    assert sum(node.op_type == "Gather" for node in graph.node) == sum(  # the other lookups as the 8-bit model has them
+        node.op_type == "Gather" for node in onnx.load(str(path8)).graph.node) - 1
+    logits = [onnx_model.onnx_logits(onnx_model.onnx_session(p), sample) for p in (path8, path4)]
+    assert np.abs(logits[0] - logits[1]).max() < 0.05
+    assert (four / onnx_model.FP32_FILE).read_bytes() == (source / onnx_model.FP32_FILE).read_bytes()
 
 
 def test_smoothed_int8_of_the_bert_keeps_its_predictions(exported, tmp_path):

@@ -76,7 +76,7 @@ def test_smoothed_int8_is_closer_to_fp32_than_plain_int8(tmp_path):
     calibration = [{"x": inputs(128, 1)}]
     onnx_model.quantize_int8(plain, "avx2", True)
     onnx_model.quantize_int8(smoothed, "avx2", True, calibration, 0.5)
-    assert not (smoothed / "model_smoothed.onnx").exists()  # the smoothed fp32 graph is a passing step
+    assert not (smoothed / "model_before_int8.onnx").exists()  # the smoothed fp32 graph is a passing step
     assert onnx.load(str(smoothed / onnx_model.FP32_FILE)) == model  # the shipped fp32 model stays as exported
     x = inputs(256, 3)  # other rows than the calibration's
     reference = run(model, x)["b"]

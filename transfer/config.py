@@ -150,6 +150,7 @@ SCHEMA = {
         "int8_per_channel": BOOL,
         "int8_smoothing": number(float, 0.0, 2.0),
         "int8_calibration_texts": POSITIVE_INT,
+        "int8_embedding_bits": (int, lambda v: v in (4, 8), "4 or 8"),
         "fuse_graph": BOOL,
     },
 }
