@@ -74,8 +74,11 @@ def main():
     parser.add_argument("--seeds", default="42,43,44", help="comma-separated")
     parser.add_argument("--max-train", type=int, default=None, help="labelled training rows (default: all prepared)")
     parser.add_argument("--compare", choices=COMPARISONS, default="attention_dropout")
+    parser.add_argument("--name", help="the results' file names (default: the comparison's), so that another "
+                                       "strategy's run does not replace the one before")
     args = parser.parse_args()
     (section, key), sides, file_name, title, side_names = COMPARISONS[args.compare]
+    file_name = args.name or file_name
     params = load_params(ROOT / "params.yaml")
     parts, names = dataset.load_prepared(ROOT / "data/prepared")
     tokenizer = modeling.load_tokenizer(PRETRAINED)
