@@ -128,12 +128,15 @@ def main():
     model = modeling.load_saved_classifier(Path(args.model)).eval()
     fp32_path = onnx_model.export_onnx(args.model, scratch / "fp32")
     kind, model_type = onnx_model.int8_kind("auto"), model.config.model_type
+    # the int8 the summary keys describe: as the export stage would build it from params.yaml's export section
+    shipped = (f"int8_{kind}_smoothed_{args.smoothing:g}" if args.smoothing else
+               f"int8_{kind}{'_fused' if args.fuse else ''}{'' if args.per_channel else '_per_tensor'}")
     builds = {"onnx_fp32_fused": (True, None, True), "int8_previous": (False, "previous", True),
               f"int8_{kind}": (False, kind, True), f"int8_{kind}_per_tensor": (False, kind, False),
               f"int8_{kind}_fused": (True, kind, True), f"int8_{kind}_fused_per_tensor": (True, kind, False),
               **{f"int8_{kind}_smoothed_{strength:g}": (False, kind, True, strength)
                  for strength in sorted({*map(float, args.compare_smoothing.split(",")), args.smoothing} - {0.0})},
-              f"int8_{kind}_smoothed_{args.smoothing:g}_embeddings4": (False, kind, True, args.smoothing, 4)}
+              f"{shipped}_embeddings4": (args.fuse, kind, args.per_channel, args.smoothing, 4)}
     parts = dataset.load_prepared()[0]
     test = parts["test"].head(args.texts)
     sample = tokenizer(test["text"].head(4).tolist(), padding=True, truncation=True, max_length=args.max_length,
@@ -178,9 +181,7 @@ def main():
                              for name, session in sessions.items()}}
     gemms = gemm(args.seconds)
     size = {name: round(onnx_model.size_mb(path), 1) for name, path in paths.items()}
-    chosen = (f"int8_{kind}_smoothed_{args.smoothing:g}" if args.smoothing else
-              f"int8_{kind}{'_fused' if args.fuse else ''}{'' if args.per_channel else '_per_tensor'}")
-    chosen += "_embeddings4" if args.embedding_bits == 4 else ""
+    chosen = f"{shipped}_embeddings4" if args.embedding_bits == 4 else shipped
 
     fp32 = "onnx_fp32_fused" if args.fuse else "onnx_fp32"  # the fp32 model the export ships beside the int8 one
 

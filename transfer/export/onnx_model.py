@@ -149,9 +149,10 @@ def quantize_int8(onnx_dir, kind="auto", per_channel=True, calibration=(), smoot
     kind = int8_kind(kind)
     source, path = Path(onnx_dir) / FP32_FILE, Path(onnx_dir) / INT8_FILE
     prepared = Path(onnx_dir) / "model_before_int8.onnx"  # smoothed, or with the 4-bit table: removed when done
-    if smoothing > 0 and calibration or embedding_bits < 8:
+    smooth = smoothing > 0 and bool(calibration)
+    if smooth or embedding_bits < 8:
         model = onnx.load(str(source))
-        if smoothing > 0 and calibration:
+        if smooth:
             model = outliers.smooth(model, outliers.activation_ranges(model, calibration), smoothing)[0]
         if embedding_bits < 8:
             model = quantize_vocabulary(model, embedding_bits, embedding_block)
