@@ -1,5 +1,7 @@
 """The training controls of train_classifier, as finetune and peft run them: early stopping with the best epoch
 restored, weight decay that spares biases and norms, gradient clipping. A tiny random BERT on toy texts."""
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -87,30 +89,30 @@ def test_without_a_worse_epoch_training_runs_every_epoch(tiny_bert, tmp_path):
     assert results["epochs_run"] == 3
 
 
-def test_the_defaults_evaluate_within_each_epoch_so_early_stopping_can_fire(tiny_bert, tmp_path):
+def test_the_defaults_evaluate_within_each_epoch_keep_the_best_pass_and_stop_longer_runs_early(tiny_bert, tmp_path):
     defaults = default_params()
     epochs = defaults["finetune"]["epochs"]
     assert defaults["peft"]["epochs"] == epochs
     controls = {key: defaults["train"][key] for key in ("evals_per_epoch", "early_stopping_patience",
                                                          "early_stopping_start")}
-    spy = Spy()
-    results = train(tiny_bert, classifier(tiny_bert), toy_params(**controls), tmp_path, epochs=epochs,
-                    learning_rate=0.0, callbacks=[spy])  # nothing improves after the first evaluation
-    steps_per_epoch = 160 // 8
-    assert controls["evals_per_epoch"] >= 2
-    assert len(spy.evaluations) == controls["early_stopping_patience"] + 1  # then it stopped
-    assert results["epochs_run"] < epochs  # within the default run's epochs
-    assert spy.evaluated_steps == [(i + 1) * steps_per_epoch // controls["evals_per_epoch"]
-                                   for i in range(len(spy.evaluations))]
+    assert controls["evals_per_epoch"] >= 2  # a pass to choose from before the end, even in a one-epoch run
+    steps_per_epoch, steps_per_pass = 160 // 8, 160 // 8 // controls["evals_per_epoch"]
 
     spy = Spy()
-    results = train(tiny_bert, classifier(tiny_bert), toy_params(**{**controls, "early_stopping_patience": 10}),
-                    tmp_path / "learning", epochs=epochs, callbacks=[spy])
-    assert spy.evaluated_steps == [(i + 1) * steps_per_epoch // controls["evals_per_epoch"]
-                                   for i in range(epochs * controls["evals_per_epoch"])]
+    results = train(tiny_bert, classifier(tiny_bert), toy_params(**controls), tmp_path / "default", epochs=epochs,
+                    callbacks=[spy])
+    assert spy.evaluated_steps == [(i + 1) * steps_per_pass for i in range(epochs * controls["evals_per_epoch"])]
     best = int(np.argmax(spy.evaluations))  # the first of equals, as the Trainer keeps it
     assert results["best_epoch_step"] == spy.evaluated_steps[best]  # kept at the grain of the evaluations
     assert results["val_macro_f1"] == pytest.approx(spy.evaluations[best], abs=1e-6)
+
+    longer = epochs + 3  # with more epochs (train.epochs raised) the default controls end a run that stalls
+    spy = Spy()
+    results = train(tiny_bert, classifier(tiny_bert), toy_params(**controls), tmp_path / "stalled", epochs=longer,
+                    learning_rate=0.0, callbacks=[spy])  # nothing improves after the first evaluation
+    first_counted = math.ceil(controls["early_stopping_start"] * longer * steps_per_epoch / steps_per_pass)
+    assert len(spy.evaluations) == first_counted + controls["early_stopping_patience"] - 1  # then it stopped
+    assert results["epochs_run"] < longer
 
 
 def test_early_stopping_counts_only_from_its_start_on(tiny_bert, tmp_path):
