@@ -7,8 +7,8 @@
 Each shape runs prepare, baseline, pretrain, finetune, peft and evaluate (export is left out: it adds no quality
 figure) in its own scratch folder (bench/runs/<name>/<shape>, git-ignored), as `python -m stages.<stage>`, with
 params.yaml as committed but for data.source (and any --set). Writes bench/results/<name>.json and
-bench/<name>.md: per shape the baseline, finetune and peft test macro-F1, the warnings that fired, and whether the
-best model beat the baseline or a warning fired (the promise: never a bad model in silence).
+bench/<name>.md after each shape: per shape the baseline, finetune and peft test macro-F1, the warnings that fired,
+and whether the best model beat the baseline or a warning fired (the promise: never a bad model in silence).
 """
 import argparse
 import json
@@ -118,6 +118,11 @@ def main():
         seconds = run_shape(DATA / f"{shape}.csv", folder, args.set)
         results.append(summarise(shape, folder, seconds))
         print(json.dumps(results[-1]["macro_f1"]), results[-1]["warnings"], flush=True)
+        text = write(results, args)  # after each shape, so a stopped run keeps what it measured
+    print(text)
+
+
+def write(results, args):
     strategy = params_for("x", args.set)["strategy"]
     (ROOT / "bench/results").mkdir(exist_ok=True)
     (ROOT / f"bench/results/{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -126,7 +131,7 @@ def main():
     text = (f"`python bench/quality.py {' '.join(sys.argv[1:])}`: default params.yaml (overrides: {overrides}), "
             f"{cpu}, test macro-F1.\n\n{table(results, strategy)}\n")
     (ROOT / f"bench/{args.name}.md").write_text(text)
-    print(text)
+    return text
 
 
 if __name__ == "__main__":
