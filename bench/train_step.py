@@ -57,7 +57,8 @@ def kernels(linear, masks):
     """The context a set-up trains in, as the stages get it from compute.cpu_kernels: linear 'onednn' or 'mkl'
     (PyTorch's own), dropout masks 'fast' or 'native'."""
     return compute.cpu_kernels({"precision": "fp32", "gradient_checkpointing": False,
-                                "cpu_matmul": "onednn" if linear == "onednn" else "native", "cpu_dropout": masks})
+                                "cpu_matmul": "onednn" if linear == "onednn" else "native", "cpu_dropout": masks,
+                                "cpu_allocator": "native"})
 
 
 SETUPS = {  # name: (attention implementation, attention dropout, linear kernels, dropout masks)

@@ -37,7 +37,7 @@ def test_training_lowers_the_held_out_perplexity(tiny_llama, tmp_path):
     held_out = documents(8, seed=1)
     before = causal_lm.perplexity(model, tokenizer, held_out, 24)
     cfg = {"max_length": 24, "batch_size": 8, "warmup_ratio": 0.0}
-    seconds = causal_lm.train(model, tokenizer, documents(64), cfg, {"precision": "fp32", "gradient_checkpointing": False, "cpu_matmul": "auto", "cpu_dropout": "auto"},
+    seconds = causal_lm.train(model, tokenizer, documents(64), cfg, {"precision": "fp32", "gradient_checkpointing": False, "cpu_matmul": "auto", "cpu_dropout": "auto", "cpu_allocator": "auto"},
                               0, tmp_path, 30, 1e-2, 100)
     after = causal_lm.perplexity(model, tokenizer, held_out, 24)
     assert seconds > 0 and after < before / 2, (before, after)
@@ -59,7 +59,7 @@ def test_lora_trains_its_own_weights_only_and_merges_into_the_same_model(tiny_ll
     lora_before = {n: p.detach().clone() for n, p in wrapped.named_parameters() if p.requires_grad}
     assert lora_before and all("lora_" in name for name in lora_before)
     causal_lm.train(wrapped, tokenizer, documents(32), {"max_length": 24, "batch_size": 8, "warmup_ratio": 0.0},
-                    {"precision": "fp32", "gradient_checkpointing": False, "cpu_matmul": "auto", "cpu_dropout": "auto"}, 0, tmp_path, 10, 3e-2, 100)
+                    {"precision": "fp32", "gradient_checkpointing": False, "cpu_matmul": "auto", "cpu_dropout": "auto", "cpu_allocator": "auto"}, 0, tmp_path, 10, 3e-2, 100)
     trained = dict(wrapped.named_parameters())
     assert any(not torch.equal(trained[name], value) for name, value in lora_before.items()), "LoRA did not train"
     for name, value in wrapped.get_base_model().state_dict().items():

@@ -13,7 +13,7 @@ from tests.test_training_controls import classifier, toy_params, train
 pytestmark = pytest.mark.skipif(not cpu_matmul.available(), reason="this PyTorch has no oneDNN linear")
 
 FP32_ONEDNN = {"precision": "fp32", "gradient_checkpointing": False, "cpu_matmul": "onednn",
-               "cpu_dropout": "native"}
+               "cpu_dropout": "native", "cpu_allocator": "native"}
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 takes them. The pretrain, finetune and peft stages all train through these arguments.
 
 On a CPU the defaults train in fp32 with every activation kept, the linear layers' matmuls in oneDNN (cpu_matmul)
-and dropout's masks drawn four to a random number (cpu_dropout);
+and dropout's masks drawn four to a random number (cpu_dropout), freed memory kept for reuse (cpu_allocator);
 on a GPU `precision: auto` trains in bf16 where the GPU has it and in fp16 with loss scaling where it has not, and
 lets fp32 matmuls run as TF32 from Ampere on."""
 import contextlib
@@ -11,6 +11,7 @@ import os
 import torch
 
 from transfer.schema import UserError
+from transfer.training import cpu_allocator as allocator
 from transfer.training import cpu_dropout as dropout
 from transfer.training import cpu_matmul as onednn
 
@@ -57,16 +58,29 @@ def cpu_dropout(setting):
     return setting
 
 
+def cpu_allocator(setting):
+    """params compute.cpu_allocator made concrete for this machine: keep (transfer/training/cpu_allocator.py) or
+    native. auto takes keep where the C library is glibc and no GPU is visible; asked for elsewhere, refused."""
+    if setting == "auto":
+        return "keep" if not torch.cuda.is_available() and allocator.available() else "native"
+    if setting == "keep" and not allocator.available():
+        raise UserError("params.yaml: compute.cpu_allocator is keep, which sets glibc's malloc, and this process's C "
+                        "library is not glibc. Use auto or native.")
+    return setting
+
+
 def cpu_kernels(compute):
     """The context that training and prediction run in: on a CPU in fp32, the linear layers in oneDNN where params
     compute.cpu_matmul chooses it (transfer/training/cpu_matmul.py) and dropout's cheaper masks where
     compute.cpu_dropout does (cpu_dropout.py). Under bf16 or fp16 nothing changes, nor with gradient checkpointing:
     its recomputation runs inside the backward pass, which a TorchFunctionMode does not reach, so the layers
-    recomputed would not be the ones that ran (other saved tensors, other dropout masks)."""
+    recomputed would not be the ones that ran (other saved tensors, other dropout masks). Freed memory is kept for
+    reuse where compute.cpu_allocator chooses it (cpu_allocator.py), in every precision."""
     plain = precision(compute["precision"]) == "fp32" and not compute["gradient_checkpointing"]
     stack = contextlib.ExitStack()
     stack.enter_context(onednn.onednn_linear(plain and cpu_matmul(compute["cpu_matmul"]) == "onednn"))
     stack.enter_context(dropout.fast_dropout(plain and cpu_dropout(compute["cpu_dropout"]) == "fast"))
+    stack.enter_context(allocator.keep_freed_memory(cpu_allocator(compute["cpu_allocator"]) == "keep"))
     return stack
 
 
@@ -76,6 +90,7 @@ def check(params, config=None):
 
     precision(params["compute"]["precision"])
     cpu_matmul(params["compute"]["cpu_matmul"])
+    cpu_allocator(params["compute"]["cpu_allocator"])
     launcher.check(params)
     if config is not None and params["compute"]["gradient_checkpointing"]:
         from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING

@@ -1,0 +1,154 @@
+"""Freed memory kept for reuse (params compute.cpu_allocator: keep) against the C library's defaults (native), side
+by side in one run, each in a process of its own (the allocator's settings are the process's):
+
+    python -m bench.cpu_allocator              # 1,000 training rows, 1 epoch; steps at 128 and 52 tokens
+    python -m bench.cpu_allocator --rows 500
+
+1. One training step of a MiniLM-shaped BERT (random weights, batch 16, AdamW, the linear layers in oneDNN and the
+   fast dropout masks as the stages train): the median step over --steps after --warmup, the page faults and the
+   CPU seconds in the kernel a step, the peak RSS; --repeats times, the two settings interleaved.
+2. The finetune stage's training (transfer.training.classifier.train_classifier as the stage calls it, params.yaml,
+   the bundled MiniLM) on --rows IMDB rows for one epoch, validated on 200 rows, then its predictions for 500 more
+   as the evaluate stage makes them: train seconds, prediction seconds, peak memory, and the metrics, which must
+   come out the same. Needs the IMDB wheel in data/downloads (`dvc repro prepare`).
+
+Writes bench/results/cpu_allocator.json and bench/cpu_allocator.md; README.md quotes them.
+"""
+import argparse
+import json
+import resource
+import statistics
+import tempfile
+import time
+
+import torch
+
+from bench.inference import cpu
+from bench.throughput import ROOT, imdb_shuffled, ratio, run_apart
+from transfer.outputs import write_json
+
+RESULTS, TABLE = ROOT / "bench/results/cpu_allocator.json", ROOT / "bench/cpu_allocator.md"
+VALIDATION, TEST = 200, 500
+SETTINGS = ("native", "keep")
+
+
+def kernel_seconds_and_faults():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_stime, usage.ru_minflt
+
+
+def steps(args):
+    from bench.train_step import model_and_optimizer, step_seconds
+    from transfer.training import compute
+
+    settings = {"precision": "fp32", "gradient_checkpointing": False, "cpu_matmul": "auto", "cpu_dropout": "auto",
+                "cpu_allocator": args.setting}
+    with compute.cpu_kernels(settings):
+        model, optimizer = model_and_optimizer("sdpa", 0.1)
+        for _ in range(args.warmup):
+            step_seconds(model, optimizer, args.length)
+        kernel_before, faults_before = kernel_seconds_and_faults()
+        seconds = [step_seconds(model, optimizer, args.length) for _ in range(args.steps)]
+        kernel_after, faults_after = kernel_seconds_and_faults()
+    print(json.dumps({"setting": args.setting, "length": args.length, "median_step_seconds": round(statistics.median(seconds), 3),
+                      "page_faults_per_step": round((faults_after - faults_before) / args.steps),
+                      "kernel_cpu_seconds_per_step": round((kernel_after - kernel_before) / args.steps, 3),
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+
+
+def stage(args):
+    from transfer import modeling
+    from transfer.config import load_params
+    from transfer.tasks.classification import classification_report
+    from transfer.training import compute
+    from transfer.training.classifier import train_classifier
+
+    frame, names = imdb_shuffled()
+    parts = {"validation": frame.head(VALIDATION), "test": frame.iloc[VALIDATION:VALIDATION + TEST],
+             "train": frame.iloc[VALIDATION + TEST:VALIDATION + TEST + args.rows]}
+    params = load_params(ROOT / "params.yaml")
+    params["compute"]["cpu_allocator"] = args.setting
+    torch.manual_seed(params["seed"])
+    source = modeling.resolve_model("default")
+    model, tokenizer = modeling.load_classifier(source, names), modeling.load_tokenizer(source)
+    with tempfile.TemporaryDirectory() as out:
+        results, timing = train_classifier(model, tokenizer, parts, params, 1, params["finetune"]["learning_rate"], out)
+    started = time.perf_counter()
+    with compute.cpu_kernels(params["compute"]):  # as the evaluate stage predicts
+        probabilities = modeling.predict(model, tokenizer, parts["test"]["text"].tolist(),
+                                         params["train"]["max_length"], truncation=params["train"]["truncation"])
+    test_seconds = time.perf_counter() - started
+    test = classification_report(parts["test"]["label"].to_numpy(), probabilities.argmax(axis=1), names)
+    print(json.dumps({"setting": args.setting, "rows": args.rows, "train_seconds": timing["train_seconds"],
+                      "samples_per_second": round(args.rows / timing["train_seconds"], 2),
+                      "peak_memory_mb": timing["peak_memory_mb"], "val_macro_f1": round(results["val_macro_f1"], 6),
+                      "val_loss": round(results["val_loss"], 6), "test_macro_f1": round(test["macro_f1"], 6),
+                      "test_predict_seconds": round(test_seconds, 2)}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1000, help="training rows of the stage's run (one epoch)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--one", action="store_true", help="one run, in this process")
+    parser.add_argument("--part", choices=("steps", "stage"))
+    parser.add_argument("--setting", choices=SETTINGS)
+    parser.add_argument("--length", type=int, default=128)
+    args = parser.parse_args()
+    if args.one:
+        return steps(args) if args.part == "steps" else stage(args)
+    step_runs = {}
+    for length in (128, 52):
+        runs = {name: [] for name in SETTINGS}
+        for _ in range(args.repeats):
+            for name in SETTINGS:
+                runs[name].append(run_apart("bench.cpu_allocator", part="steps", setting=name, length=length,
+                                            steps=args.steps, warmup=args.warmup))
+        best = {name: min(r["median_step_seconds"] for r in runs[name]) for name in SETTINGS}
+        step_runs[str(length)] = {"runs": runs, "speedup": ratio(best["native"], best["keep"])}
+    stage_runs = {name: run_apart("bench.cpu_allocator", part="stage", setting=name, rows=args.rows)
+                  for name in SETTINGS}
+    same = all(stage_runs["native"][k] == stage_runs["keep"][k] for k in ("val_macro_f1", "val_loss", "test_macro_f1"))
+    result = {"cpu": cpu(), "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": step_runs,
+              "stage": stage_runs, "stage_train_speedup": ratio(stage_runs["native"]["train_seconds"],
+                                                                stage_runs["keep"]["train_seconds"]),
+              "stage_predict_speedup": ratio(stage_runs["native"]["test_predict_seconds"],
+                                             stage_runs["keep"]["test_predict_seconds"]),
+              "same_metrics": same, "command": f"python -m bench.cpu_allocator --rows {args.rows}"}
+    write_json(RESULTS, result, exact=True)
+    TABLE.write_text(markdown(result))
+    print(TABLE.read_text())
+
+
+def markdown(r):
+    c = r["cpu"]
+    lines = [f"`{r['command']}` on {c['name']} ({r['threads']} threads, AVX-512 VNNI: "
+             f"{'yes' if c['avx512_vnni'] else 'no'}), torch {r['torch']}; each run in a process of its own.", "",
+             "One training step, MiniLM's shape, batch 16 (best of the repeats' medians; faults, kernel seconds and "
+             "peak RSS from that run):", "",
+             "| tokens | setting | median step s | page faults a step | kernel CPU s a step | peak RSS MB |",
+             "|---|---|---:|---:|---:|---:|"]
+    for length, measured in r["steps"].items():
+        for name in SETTINGS:
+            best = min(measured["runs"][name], key=lambda run: run["median_step_seconds"])
+            lines.append(f"| {length} | {name} | {best['median_step_seconds']} | {best['page_faults_per_step']:,} | "
+                         f"{best['kernel_cpu_seconds_per_step']} | {best['peak_rss_mb']:,} |")
+        lines.append(f"| {length} | keep / native | **{measured['speedup']}x** | | | |")
+    rows = r["stage"]["native"]["rows"]
+    lines += ["", f"The finetune stage's training, {rows} IMDB rows, one epoch, then predicting {TEST} test reviews:", "",
+              "| setting | train s | samples/s | peak MB | predict s | val macro-F1 | val loss | test macro-F1 |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in SETTINGS:
+        run = r["stage"][name]
+        lines.append(f"| {name} | {run['train_seconds']} | {run['samples_per_second']} | {run['peak_memory_mb']} | "
+                     f"{run['test_predict_seconds']} | {run['val_macro_f1']:.4f} | {run['val_loss']:.4f} | "
+                     f"{run['test_macro_f1']:.4f} |")
+    lines += ["", f"keep trains {r['stage_train_speedup']}x and predicts {r['stage_predict_speedup']}x as fast; the "
+              f"metrics are {'the same' if r['same_metrics'] else 'NOT the same'} to six digits."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
