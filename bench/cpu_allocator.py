@@ -18,13 +18,12 @@ import argparse
 import json
 import resource
 import statistics
-import tempfile
 import time
 
 import torch
 
 from bench.inference import cpu
-from bench.throughput import ROOT, imdb_shuffled, ratio, run_apart
+from bench.throughput import ROOT, finetune_stage_run, ratio, run_apart
 from transfer.outputs import write_json
 
 RESULTS, TABLE = ROOT / "bench/results/cpu_allocator.json", ROOT / "bench/cpu_allocator.md"
@@ -58,21 +57,11 @@ def steps(args):
 
 def stage(args):
     from transfer import modeling
-    from transfer.config import load_params
     from transfer.tasks.classification import classification_report
     from transfer.training import compute
-    from transfer.training.classifier import train_classifier
 
-    frame, names = imdb_shuffled()
-    parts = {"validation": frame.head(VALIDATION), "test": frame.iloc[VALIDATION:VALIDATION + TEST],
-             "train": frame.iloc[VALIDATION + TEST:VALIDATION + TEST + args.rows]}
-    params = load_params(ROOT / "params.yaml")
-    params["compute"]["cpu_allocator"] = args.setting
-    torch.manual_seed(params["seed"])
-    source = modeling.resolve_model("default")
-    model, tokenizer = modeling.load_classifier(source, names), modeling.load_tokenizer(source)
-    with tempfile.TemporaryDirectory() as out:
-        results, timing = train_classifier(model, tokenizer, parts, params, 1, params["finetune"]["learning_rate"], out)
+    model, tokenizer, params, parts, names, timing, results = finetune_stage_run(
+        args.rows, {"cpu_allocator": args.setting}, VALIDATION, TEST)
     started = time.perf_counter()
     with compute.cpu_kernels(params["compute"]):  # as the evaluate stage predicts
         probabilities = modeling.predict(model, tokenizer, parts["test"]["text"].tolist(),

@@ -11,15 +11,13 @@ wheel prepare downloads into data/downloads: `dvc repro prepare`), validated on 
 """
 import argparse
 import json
-import tempfile
 import time
 
 import torch
 
 from bench.inference import cpu
-from bench.throughput import ROOT, imdb_shuffled, ratio, run_apart
+from bench.throughput import ROOT, finetune_stage_run, ratio, run_apart
 from transfer import modeling
-from transfer.config import load_params
 from transfer.outputs import write_json
 from transfer.tasks.classification import classification_report
 
@@ -28,18 +26,8 @@ VALIDATION, TEST = 200, 500
 
 
 def one(args):
-    from transfer.training.classifier import train_classifier
-
-    frame, names = imdb_shuffled()
-    parts = {"validation": frame.head(VALIDATION), "test": frame.iloc[VALIDATION:VALIDATION + TEST],
-             "train": frame.iloc[VALIDATION + TEST:VALIDATION + TEST + args.rows]}
-    params = load_params(ROOT / "params.yaml")
-    params["compute"]["precision"] = args.precision
-    torch.manual_seed(params["seed"])
-    source = modeling.resolve_model("default")
-    model, tokenizer = modeling.load_classifier(source, names), modeling.load_tokenizer(source)
-    with tempfile.TemporaryDirectory() as out:
-        results, timing = train_classifier(model, tokenizer, parts, params, 1, params["finetune"]["learning_rate"], out)
+    model, tokenizer, params, parts, names, timing, results = finetune_stage_run(
+        args.rows, {"precision": args.precision}, VALIDATION, TEST)
     model.float()
     started = time.perf_counter()
     probabilities = modeling.predict(model, tokenizer, parts["test"]["text"].tolist(), params["train"]["max_length"],

@@ -117,5 +117,28 @@ def imdb_shuffled():
     return frame, names
 
 
+def finetune_stage_run(rows, compute, validation=200, test=500):
+    """The finetune stage's training (train_classifier as the stage calls it: params.yaml with `compute`'s keys
+    replaced, the bundled MiniLM, one epoch) on `rows` IMDB rows, validated on the first `validation` rows: returns
+    (model, tokenizer, params, parts, names, timing, validation results); parts["test"] holds the next `test`."""
+    import tempfile
+
+    from transfer import modeling
+    from transfer.config import load_params
+    from transfer.training.classifier import train_classifier
+
+    frame, names = imdb_shuffled()
+    parts = {"validation": frame.head(validation), "test": frame.iloc[validation:validation + test],
+             "train": frame.iloc[validation + test:validation + test + rows]}
+    params = load_params(ROOT / "params.yaml")
+    params["compute"].update(compute)
+    torch.manual_seed(params["seed"])
+    source = modeling.resolve_model("default")
+    model, tokenizer = modeling.load_classifier(source, names), modeling.load_tokenizer(source)
+    with tempfile.TemporaryDirectory() as out:
+        results, timing = train_classifier(model, tokenizer, parts, params, 1, params["finetune"]["learning_rate"], out)
+    return model, tokenizer, params, parts, names, timing, results
+
+
 def ratio(a, b):
     return round(a / b, 2)
