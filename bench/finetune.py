@@ -114,6 +114,8 @@ def run_pipeline(model, tokenizer, parts, length, args):
     params = load_params(ROOT / "params.yaml")
     params["train"] = {**params["train"], "max_length": length, "batch_size": args.batch_size}
     params["seed"] = args.seed
+    if args.cpu_allocator:  # bench.cpu_allocator runs this set-up with each setting
+        params["compute"]["cpu_allocator"] = args.cpu_allocator
     with tempfile.TemporaryDirectory() as out:
         results, _ = train_classifier(model, tokenizer, parts, params, args.epochs, args.learning_rate, out)
     return results["val_macro_f1"]
@@ -152,6 +154,7 @@ def main():
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--shape", choices=SHAPES, help=argparse.SUPPRESS)
+    parser.add_argument("--cpu-allocator", choices=("auto", "keep", "native"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         return one(args)
