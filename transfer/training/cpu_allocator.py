@@ -4,15 +4,16 @@ glibc's malloc takes a large block (above 128 KiB at first, a threshold it raise
 freed) straight from the kernel by mmap and hands it back when it is freed, and gives the top of its heap back once
 more than its trim threshold is free there. A training step frees and allocates the same large tensors every
 time: the word embeddings' gradient (47 MB for MiniLM), the attention scores and their dropout masks, the FFN's
-activations. So every step the kernel maps and zero-fills fresh pages for them: 55,000 to 65,000 page faults and
-0.17 to 0.25 CPU seconds in the kernel a step at batch 16 x 128 tokens on a 2-core AMD EPYC, where the step itself
-took 0.6 s (`python -m bench.cpu_allocator`). While `with keep_freed_memory():` is open, malloc maps no block of its
-own and trims nothing, so a freed block is there for the next step to reuse. On leaving, mmap and trimming come
-back at glibc's starting thresholds and the free memory goes back to the system (malloc_trim).
+activations. So every step the kernel maps and zero-fills fresh pages for them: about 50,000 page faults and 0.12
+to 0.25 CPU seconds in the kernel a step at batch 16 x 128 tokens on a 2-core AMD EPYC, where the step itself took
+about 0.6 s (`python -m bench.cpu_allocator`). While `with keep_freed_memory():` is open, malloc maps no block
+of its own and trims nothing, so a freed block is there for the next step to reuse: a step ran 1.2x as fast, a
+fine-tune on reviews of up to 256 tokens 1.6x. On leaving, mmap and trimming come back at glibc's starting
+thresholds and the free memory goes back to the system (malloc_trim).
 
 The cost is memory: the process keeps what it freed until the context closes, and a block kept for one size does
-not always fit the next (batches of other lengths), so the peak can rise: by 1% in the default run, by up to 19% in
-one fine-tune bench of reviews up to 256 tokens (README.md, freed memory kept for reuse). Where the C library is not
+not always fit the next (batches of other lengths), so the peak can rise: by 1% in the default run, by 16% in the
+fine-tune bench's reviews of up to 256 tokens (README.md, freed memory kept for reuse). Where the C library is not
 glibc (macOS, Alpine's musl) there is nothing to set."""
 import contextlib
 import ctypes
