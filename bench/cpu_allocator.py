@@ -21,7 +21,6 @@ import argparse
 import json
 import resource
 import statistics
-import time
 
 import torch
 
@@ -59,23 +58,22 @@ def steps(args):
 
 
 def stage(args):
-    from transfer import modeling
-    from transfer.tasks.classification import classification_report
-    from transfer.training import compute
-
-    model, tokenizer, params, parts, names, timing, results = finetune_stage_run(
-        args.rows, {"cpu_allocator": args.setting}, VALIDATION, TEST)
-    started = time.perf_counter()
-    with compute.cpu_kernels(params["compute"]):  # as the evaluate stage predicts
-        probabilities = modeling.predict(model, tokenizer, parts["test"]["text"].tolist(),
-                                         params["train"]["max_length"], truncation=params["train"]["truncation"])
-    test_seconds = time.perf_counter() - started
-    test = classification_report(parts["test"]["label"].to_numpy(), probabilities.argmax(axis=1), names)
+    run = finetune_stage_run(args.rows, {"cpu_allocator": args.setting}, VALIDATION, TEST, predict_with_kernels=True)
+    timing, validation = run["timing"], run["validation"]
     print(json.dumps({"setting": args.setting, "rows": args.rows, "train_seconds": timing["train_seconds"],
                       "samples_per_second": round(args.rows / timing["train_seconds"], 2),
-                      "peak_memory_mb": timing["peak_memory_mb"], "val_macro_f1": round(results["val_macro_f1"], 6),
-                      "val_loss": round(results["val_loss"], 6), "test_macro_f1": round(test["macro_f1"], 6),
-                      "test_predict_seconds": round(test_seconds, 2)}))
+                      "peak_memory_mb": timing["peak_memory_mb"], "val_macro_f1": round(validation["val_macro_f1"], 6),
+                      "val_loss": round(validation["val_loss"], 6), "test_macro_f1": round(run["test"]["macro_f1"], 6),
+                      "test_predict_seconds": round(run["test_seconds"], 2)}))
+
+
+def interleaved(repeats, run):
+    """{setting: [run(setting) for each repeat]}, the settings taking turns so that a load on the machine hits both."""
+    runs = {name: [] for name in SETTINGS}
+    for _ in range(repeats):
+        for name in SETTINGS:
+            runs[name].append(run(name))
+    return runs
 
 
 def main():
@@ -93,22 +91,16 @@ def main():
         return steps(args) if args.part == "steps" else stage(args)
     step_runs = {}
     for length in (128, 52):
-        runs = {name: [] for name in SETTINGS}
-        for _ in range(args.repeats):
-            for name in SETTINGS:
-                runs[name].append(run_apart("bench.cpu_allocator", part="steps", setting=name, length=length,
-                                            steps=args.steps, warmup=args.warmup))
+        runs = interleaved(args.repeats, lambda name: run_apart("bench.cpu_allocator", part="steps", setting=name,
+                                                                length=length, steps=args.steps, warmup=args.warmup))
         best = {name: min(r["median_step_seconds"] for r in runs[name]) for name in SETTINGS}
         step_runs[str(length)] = {"runs": runs, "speedup": ratio(best["native"], best["keep"])}
     stage_runs = {name: run_apart("bench.cpu_allocator", part="stage", setting=name, rows=args.rows)
                   for name in SETTINGS}
     shape_runs = {}
     for shape, rows in (("short", 1000), ("full", 500)):
-        runs = {name: [] for name in SETTINGS}
-        for _ in range(args.repeats // 2 + 1):
-            for name in SETTINGS:
-                runs[name].append(run_apart("bench.finetune", method="pipeline", shape=shape, train=rows,
-                                            cpu_allocator=name))
+        runs = interleaved(args.repeats // 2 + 1, lambda name: run_apart(
+            "bench.finetune", method="pipeline", shape=shape, train=rows, cpu_allocator=name))
         best = {name: min(r["seconds"] for r in runs[name]) for name in SETTINGS}
         peak = {name: max(r["peak_rss_mb"] for r in runs[name]) for name in SETTINGS}
         shape_runs[shape] = {"rows": rows, "runs": runs, "speedup": ratio(best["native"], best["keep"]),

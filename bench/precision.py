@@ -11,35 +11,26 @@ wheel prepare downloads into data/downloads: `dvc repro prepare`), validated on 
 """
 import argparse
 import json
-import time
 
 import torch
 
 from bench.inference import cpu
 from bench.throughput import ROOT, finetune_stage_run, ratio, run_apart
-from transfer import modeling
 from transfer.outputs import write_json
-from transfer.tasks.classification import classification_report
 
 RESULTS, TABLE = ROOT / "bench/results/precision.json", ROOT / "bench/precision.md"
 VALIDATION, TEST = 200, 500
 
 
 def one(args):
-    model, tokenizer, params, parts, names, timing, results = finetune_stage_run(
-        args.rows, {"precision": args.precision}, VALIDATION, TEST)
-    model.float()
-    started = time.perf_counter()
-    probabilities = modeling.predict(model, tokenizer, parts["test"]["text"].tolist(), params["train"]["max_length"],
-                                     truncation=params["train"]["truncation"])
-    test_seconds = time.perf_counter() - started
-    test = classification_report(parts["test"]["label"].to_numpy(), probabilities.argmax(axis=1), names)
-    print(json.dumps({"precision": args.precision, "rows": args.rows, "max_length": params["train"]["max_length"],
+    run = finetune_stage_run(args.rows, {"precision": args.precision}, VALIDATION, TEST)
+    timing, validation = run["timing"], run["validation"]
+    print(json.dumps({"precision": args.precision, "rows": args.rows, "max_length": run["params"]["train"]["max_length"],
                       "train_seconds": timing["train_seconds"],
                       "samples_per_second": round(args.rows / timing["train_seconds"], 2),
-                      "peak_memory_mb": timing["peak_memory_mb"], "val_macro_f1": round(results["val_macro_f1"], 4),
-                      "val_loss": round(results["val_loss"], 4), "test_macro_f1": round(test["macro_f1"], 4),
-                      "test_seconds": round(test_seconds, 1)}))
+                      "peak_memory_mb": timing["peak_memory_mb"], "val_macro_f1": round(validation["val_macro_f1"], 4),
+                      "val_loss": round(validation["val_loss"], 4), "test_macro_f1": round(run["test"]["macro_f1"], 4),
+                      "test_seconds": round(run["test_seconds"], 1)}))
 
 
 def main():

@@ -6,10 +6,12 @@ token plus 12 x layers x hidden x sequence length per token for attention's two 
 tokens that are text; `computed` counts the padding too, which a fixed-length loop pays for and learns nothing from.
 MFU = useful FLOPs per second / the best fp32 GEMM rate measured in the same run (before and after the runs).
 """
+import contextlib
 import json
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -117,15 +119,19 @@ def imdb_shuffled():
     return frame, names
 
 
-def finetune_stage_run(rows, compute, validation=200, test=500):
+def finetune_stage_run(rows, compute, validation=200, test=500, predict_with_kernels=False):
     """The finetune stage's training (train_classifier as the stage calls it: params.yaml with `compute`'s keys
-    replaced, the bundled MiniLM, one epoch) on `rows` IMDB rows, validated on the first `validation` rows: returns
-    (model, tokenizer, params, parts, names, timing, validation results); parts["test"] holds the next `test`."""
+    replaced, the bundled MiniLM, one epoch) on `rows` IMDB rows, validated on the first `validation` rows, then its
+    predictions in fp32 for the next `test` rows, timed: under compute.cpu_kernels as the evaluate stage makes them
+    where `predict_with_kernels`, else in plain PyTorch. Returns a dict: params, timing (train_classifier's),
+    validation (its results), test (the classification report), test_seconds."""
     import tempfile
 
     from transfer import modeling
     from transfer.config import load_params
-    from transfer.training.classifier import train_classifier
+    from transfer.tasks.classification import classification_report
+    from transfer.training import classifier
+    from transfer.training.compute import cpu_kernels
 
     frame, names = imdb_shuffled()
     parts = {"validation": frame.head(validation), "test": frame.iloc[validation:validation + test],
@@ -136,8 +142,16 @@ def finetune_stage_run(rows, compute, validation=200, test=500):
     source = modeling.resolve_model("default")
     model, tokenizer = modeling.load_classifier(source, names), modeling.load_tokenizer(source)
     with tempfile.TemporaryDirectory() as out:
-        results, timing = train_classifier(model, tokenizer, parts, params, 1, params["finetune"]["learning_rate"], out)
-    return model, tokenizer, params, parts, names, timing, results
+        results, timing = classifier.train_classifier(model, tokenizer, parts, params, 1,
+                                                      params["finetune"]["learning_rate"], out)
+    model.float()
+    started = time.perf_counter()
+    with cpu_kernels(params["compute"]) if predict_with_kernels else contextlib.nullcontext():
+        probabilities = modeling.predict(model, tokenizer, parts["test"]["text"].tolist(),
+                                         params["train"]["max_length"], truncation=params["train"]["truncation"])
+    test_seconds = time.perf_counter() - started
+    report = classification_report(parts["test"]["label"].to_numpy(), probabilities.argmax(axis=1), names)
+    return {"params": params, "timing": timing, "validation": results, "test": report, "test_seconds": test_seconds}
 
 
 def ratio(a, b):
