@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.inference import cpu, timed
+from bench.inference import cpu, on_this_cpu, timed
 from bench.train_step import model_and_optimizer, step_seconds
 from transfer.training.cpu_matmul import available, onednn_linear
 
-RESULTS = Path(__file__).resolve().parent / "results/cpu_matmul.json"
-TABLE = Path(__file__).resolve().parent / "cpu_matmul.md"
+RESULTS = on_this_cpu(Path(__file__).resolve().parent / "results/cpu_matmul.json")
+TABLE = on_this_cpu(Path(__file__).resolve().parent / "cpu_matmul.md")
 SHAPES = {"attention projection 384 -> 384": (384, 384), "FFN up 384 -> 1536": (384, 1536),
           "FFN down 1536 -> 384": (1536, 384)}
 KERNELS = {"native": False, "onednn": True}

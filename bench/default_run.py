@@ -5,7 +5,8 @@
 
 With `export.source: best` the default run may ship the TF-IDF baseline; the ONNX / int8 figures of the strategy's
 model are then measured by exporting it too (`stages.export` with `export.source: peft`) in a scratch folder, which
-leaves the run's own outputs alone. Writes bench/default_run.md (only a full run writes the stage timings).
+leaves the run's own outputs alone. Writes bench/default_run.md (only a full run writes the stage timings); on a CPU
+without AVX-512 VNNI bench/default_run_avx2.md (or _avx512), beside the other CPU's.
 """
 import json
 import shutil
@@ -20,10 +21,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.inference import cpu  # noqa: E402
+from bench.inference import cpu, on_this_cpu  # noqa: E402
 
 STAGES = ("check", "prepare", "baseline", "pretrain", "finetune", "peft", "evaluate", "export")
-OUT = ROOT / "bench/default_run.md"
+OUT = on_this_cpu(ROOT / "bench/default_run.md")
 
 
 def metrics(name, root=ROOT):

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from bench.inference import cpu
+from bench.inference import cpu, on_this_cpu
 from bench.throughput import ROOT, FlopCounter, best_peak, matmul_peak, peak_rss_mb, ratio, run_apart, with_mfu
 from transfer import modeling
 from transfer.config import load_params
@@ -33,7 +33,7 @@ from transfer.data import dataset
 from transfer.outputs import write_json
 from transfer.tasks.classification import trainer_metrics
 
-RESULTS, TABLE = ROOT / "bench/results/finetune.json", ROOT / "bench/finetune.md"
+RESULTS, TABLE = on_this_cpu(ROOT / "bench/results/finetune.json"), on_this_cpu(ROOT / "bench/finetune.md")
 SHAPES = {"short": 128, "full": 256}
 METHODS = ("naive", "trainer", "pipeline")
 

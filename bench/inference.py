@@ -40,8 +40,16 @@ def cpu():
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                 platform.processor())
     return {"name": name, "machine": platform.machine(), "threads": torch.get_num_threads(),
-            "avx2": "avx2" in flags, "avx512_vnni": "avx512_vnni" in flags, "amx_int8": "amx_int8" in flags,
-            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
+            "avx2": "avx2" in flags, "avx512f": "avx512f" in flags, "avx512_vnni": "avx512_vnni" in flags,
+            "amx_int8": "amx_int8" in flags, "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
+
+
+def on_this_cpu(path):
+    """Where a bench writes `path` on this CPU: as named on one with AVX-512 VNNI (most of the README's figures), with
+    _avx512 or _avx2 before the suffix on one without, so that one CPU's run leaves another's results standing."""
+    machine = cpu()
+    kind = "" if machine["avx512_vnni"] else "_avx512" if machine["avx512f"] else "_avx2"
+    return path.with_name(f"{path.stem}{kind}{path.suffix}")
 
 
 def timed(call, seconds):

@@ -20,14 +20,14 @@ import time
 
 import torch
 
-from bench.inference import cpu
+from bench.inference import cpu, on_this_cpu
 from bench.throughput import ROOT, FlopCounter, best_peak, matmul_peak, peak_rss_mb, ratio, run_apart, with_mfu
 from transfer import modeling
 from transfer.config import load_params
 from transfer.data import dataset
 from transfer.outputs import write_json
 
-RESULTS, TABLE = ROOT / "bench/results/pretrain.json", ROOT / "bench/pretrain.md"
+RESULTS, TABLE = on_this_cpu(ROOT / "bench/results/pretrain.json"), on_this_cpu(ROOT / "bench/pretrain.md")
 METHODS = ("trainer", "pipeline")
 
 

@@ -117,8 +117,12 @@ def test_bf16_autocast_checkpointing_and_the_native_setting_keep_pytorchs_linear
     assert not onednn_calls
 
 
-def test_auto_takes_onednn_on_a_cpu_only_and_onednn_is_refused_where_missing(monkeypatch):
+def test_auto_takes_onednn_on_an_avx512_cpu_only_and_onednn_is_refused_where_missing(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert compute.cpu_matmul("auto") == "onednn"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert compute.cpu_matmul("auto") == "native"  # oneDNN was the slower one on an AVX2-only EPYC
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert compute.cpu_matmul("auto") == "native"
     monkeypatch.setattr(cpu_matmul, "available", lambda: False)

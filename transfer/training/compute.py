@@ -40,9 +40,12 @@ def precision(setting):
 def cpu_matmul(setting):
     """params compute.cpu_matmul made concrete for this machine: onednn or native (PyTorch's own, MKL on x86).
 
-    auto takes oneDNN wherever this PyTorch has it and no GPU is visible; asked for where it has not, refused."""
+    auto takes oneDNN where this PyTorch has it, no GPU is visible and the CPU has AVX-512: there MKL's GEMM ran at
+    less than half oneDNN's speed (an AMD EPYC), where on an AVX2-only EPYC oneDNN was the slower one (a training step
+    0.83x, python -m bench.cpu_matmul). Asked for where this PyTorch has no oneDNN linear, refused."""
     if setting == "auto":
-        return "onednn" if not torch.cuda.is_available() and onednn.available() else "native"
+        avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+        return "onednn" if avx512 and not torch.cuda.is_available() and onednn.available() else "native"
     if setting == "onednn" and not onednn.available():
         raise UserError("params.yaml: compute.cpu_matmul is onednn, but this PyTorch build has no oneDNN linear "
                         "(torch.backends.mkldnn). Use auto or native.")
