@@ -52,6 +52,9 @@ def on_this_cpu(path):
     return path.with_name(f"{path.stem}{kind}{path.suffix}")
 
 
+COMPARE_SMOOTHING = "0.3,0.5,0.7,1.0"
+
+
 def timed(call, seconds):
     """Median and interquartile range, in milliseconds, of blocked runs over at least `seconds`."""
     call()  # warm-up: first-call allocations and ORT's kernel choice stay out of the figure
@@ -109,6 +112,14 @@ def build(fp32_dir, out, model_type, sample, calibration, fuse, int8=None, per_c
         return Path(out) / onnx_model.INT8_FILE
     if not int8:
         return Path(out) / onnx_model.FP32_FILE
+    if int8 == "avx2_unsigned":  # what the export stage made for AVX2 until it took 7-bit signed weights
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        path = Path(out) / onnx_model.INT8_FILE
+        quantize_dynamic(Path(out) / onnx_model.FP32_FILE, path, per_channel=per_channel, weight_type=QuantType.QUInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        return path
     return onnx_model.quantize_int8(out, int8, per_channel, calibration, smoothing, embedding_bits)[0]
 
 
@@ -127,7 +138,7 @@ def main():
                         help="the same, for export.int8_smoothing (0: none)")
     parser.add_argument("--embedding-bits", type=int, choices=(4, 8), default=export["int8_embedding_bits"],
                         help="the same, for export.int8_embedding_bits (the other is built and timed too)")
-    parser.add_argument("--compare-smoothing", default="0.3,0.5,0.7,1.0",
+    parser.add_argument("--compare-smoothing", default=COMPARE_SMOOTHING,
                         help="outlier-smoothing strengths also built and timed (int8_<kernels>_smoothed_<strength>)")
     args = parser.parse_args()
     machine = cpu()
@@ -141,6 +152,7 @@ def main():
                f"int8_{kind}{'_fused' if args.fuse else ''}{'' if args.per_channel else '_per_tensor'}")
     builds = {"onnx_fp32_fused": (True, None, True), "int8_previous": (False, "previous", True),
               f"int8_{kind}": (False, kind, True), f"int8_{kind}_per_tensor": (False, kind, False),
+              **({"int8_avx2_unsigned": (False, "avx2_unsigned", True)} if kind == "avx2" else {}),
               f"int8_{kind}_fused": (True, kind, True), f"int8_{kind}_fused_per_tensor": (True, kind, False),
               **{f"int8_{kind}_smoothed_{strength:g}": (False, kind, True, strength)
                  for strength in sorted({*map(float, args.compare_smoothing.split(",")), args.smoothing} - {0.0})},
@@ -211,7 +223,8 @@ def main():
               "int8_speedup_vs_previous_int8_b32": speedup("b32_128", "int8_previous"),
               "int8_speedup_vs_torch_b32_real": speedup("b32_real", "pytorch_fp32"),
               "int8_gemm_speedup": gemms["int8_gemm_speedup"], "gemm": gemms, "latency": timings,
-              "embedding_bits": args.embedding_bits, "command": f"python -m bench.inference --texts {args.texts}"}
+              "embedding_bits": args.embedding_bits, "command": f"python -m bench.inference --texts {args.texts}"
+              + ("" if args.compare_smoothing == COMPARE_SMOOTHING else f" --compare-smoothing {args.compare_smoothing}")}
     result["other_cpus"] = earlier_runs_on_other_cpus(kind)
     write_json(RESULTS, result, exact=True)
     TABLE.write_text("\n".join(markdown(run) for run in [result, *result["other_cpus"].values()]))

@@ -72,13 +72,13 @@ def test_a_model_type_ort_cannot_fuse_is_left_as_it_is(exported, tmp_path):
     assert (onnx_dir / onnx_model.FP32_FILE).read_bytes() == original
 
 
-@pytest.mark.parametrize("kind, weight_type", [("avx2", onnx.TensorProto.UINT8), ("avx512_vnni", onnx.TensorProto.INT8),
-                                               ("arm64", onnx.TensorProto.INT8)])
+@pytest.mark.parametrize("kind, largest_weight", [("avx2", 64), ("avx512_vnni", 128), ("arm64", 128)])
 @pytest.mark.parametrize("per_channel", [True, False])
-def test_int8_weights_fit_the_kernels_and_keep_the_predictions(exported, tmp_path, kind, weight_type, per_channel):
-    """AVX2 without VNNI multiplies u8 by u8 (u8 by s8 can overflow there), VNNI and ARM u8 by s8; per-channel
-    weights carry one scale per output channel. Clear labels stay fp32's, and so do the logits, closely, where this CPU
-    runs the kernels the weights were made for."""
+def test_int8_weights_fit_the_kernels_and_keep_the_predictions(exported, tmp_path, kind, largest_weight, per_channel):
+    """Every kind multiplies u8 by s8; for AVX2 without VNNI, whose multiply-add sums two such products in 16 bits,
+    the weights keep to 7 bits so that no sum can overflow; per-channel weights carry one scale per output channel.
+    Clear labels stay fp32's, and so do the logits, closely, where this CPU runs the kernels the weights were made
+    for, and for avx2's 7-bit weights on any x86 CPU."""
     source, sample = exported
     onnx_dir = shutil.copytree(source, tmp_path / "onnx")
     path, chosen = onnx_model.quantize_int8(onnx_dir, kind, per_channel)
@@ -87,7 +87,10 @@ def test_int8_weights_fit_the_kernels_and_keep_the_predictions(exported, tmp_pat
     matmul_inputs = {name for node in graph.node if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")
                      for name in node.input}
     weights = [t for t in graph.initializer if t.name in matmul_inputs and t.name.endswith("_quantized")]
-    assert weights and {t.data_type for t in weights} == {weight_type}  # the embeddings' Gather keeps uint8
+    assert weights and {t.data_type for t in weights} == {onnx.TensorProto.INT8}  # the embeddings' Gather keeps uint8
+    values = np.concatenate([numpy_helper.to_array(t).ravel().astype(int) for t in weights])
+    assert np.abs(values).max() <= largest_weight  # 255 * 64 * 2 = 32,640 fits a 16-bit sum, 255 * 127 * 2 not
+    assert np.abs(values).max() > largest_weight // 2  # the range is used, not squeezed further
     scales = [numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith("_scale") and
               t.name.replace("_scale", "_quantized") in {w.name for w in weights}]
     assert scales and any(s.size > 1 for s in scales) == per_channel  # embeddings (Gather) keep one scale
@@ -96,7 +99,7 @@ def test_int8_weights_fit_the_kernels_and_keep_the_predictions(exported, tmp_pat
     tolerance = 0.05  # the random head's logits are about 0.4 apart; int8 moved them by at most 0.02 in trials
     if kind in ("avx2", onnx_model.int8_kind("auto")):  # kernels this CPU runs as they were meant
         assert np.abs(int8 - fp32).max() < tolerance
-    # else: signed weights on a CPU without VNNI go through AVX2's u8 x s8 multiply-add, whose 16-bit sums
+    # else: 8-bit signed weights on a CPU without VNNI go through AVX2's u8 x s8 multiply-add, whose 16-bit sums
     # saturate (0.065 off on an AVX2-only EPYC): the reason export.int8: auto picks avx2 there
     clear = np.abs(fp32[:, 0] - fp32[:, 1]) > 2 * tolerance  # a near tie may flip, as it would in fp16
     assert clear.any() and (fp32.argmax(1) == int8.argmax(1))[clear].all()

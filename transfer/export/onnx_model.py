@@ -136,8 +136,10 @@ def quantize_vocabulary(model, bits=4, block_size=EMBEDDING_BLOCK):
 def quantize_int8(onnx_dir, kind="auto", per_channel=True, calibration=(), smoothing=0.0, embedding_bits=8,
                   embedding_block=EMBEDDING_BLOCK):
     """Dynamic int8 quantization of onnx_dir/model.onnx into onnx_dir/model_quantized.onnx for `kind`'s kernels
-    (export.int8): signed weights where the CPU multiplies u8 by s8 without overflow (VNNI, ARM), unsigned on AVX2
-    without VNNI, as optimum's configs choose. With `smoothing` (export.int8_smoothing) above 0, the outlier channels
+    (export.int8): signed weights, 8-bit where the CPU multiplies u8 by s8 without overflow (VNNI, ARM), 7-bit on AVX2
+    without VNNI, whose u8 x s8 multiply-add sums each pair in 16 bits: 255 * 64 * 2 fits, 255 * 127 * 2 would
+    saturate. Unsigned weights, which optimum's AVX2 config takes, avoid that too but go through a kernel that ran
+    1.2x slower on an AVX2-only EPYC for the same logit error (python -m bench.inference). With `smoothing` (export.int8_smoothing) above 0, the outlier channels
     of the MatMul inputs, measured on `calibration` (tokenized batches), are smoothed first (transfer/export/
     smoothing.py); with `embedding_bits` 4 (export.int8_embedding_bits) the word-embedding table is stored in 4-bit
     blocks of `embedding_block` values (quantize_vocabulary). model.onnx itself stays as it is. Returns (path, kind)."""
@@ -159,9 +161,8 @@ def quantize_int8(onnx_dir, kind="auto", per_channel=True, calibration=(), smoot
         onnx.save(model, str(prepared))
         source = prepared
     try:
-        quantize_dynamic(source, path, per_channel=per_channel,
-                         weight_type=QuantType.QUInt8 if kind == "avx2" else QuantType.QInt8,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # types of the fused ops' outputs
+        quantize_dynamic(source, path, per_channel=per_channel, weight_type=QuantType.QInt8,
+                         reduce_range=kind == "avx2", extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # types of the fused ops' outputs
     finally:
         prepared.unlink(missing_ok=True)
     return path, kind
