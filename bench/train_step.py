@@ -9,8 +9,8 @@ compute.cpu_dropout) and torch.compile cost on this machine.
 A random-weight model (speed does not depend on the weights), AdamW fused, forward + backward + step. Each set-up's
 median step over --steps steps after one warm-up, --repeats times, set-ups interleaved so that a load on the
 machine hits them all; torch.compile reports its first step (the compile), the first at a new padded length (a
-recompile) and its steady median. Writes bench/results/train_step.json (train_step_avx2.json on a CPU without
-AVX-512 VNNI); README.md's "Attention dropout" quotes it.
+recompile) and its steady median. Writes bench/results/train_step.json (train_step_avx2.json, or _avx512, on a CPU
+without AVX-512 VNNI); README.md's "Attention dropout" quotes it.
 """
 import argparse
 import json
@@ -26,7 +26,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from bench.inference import cpu, on_this_cpu
 from transfer.training import compute
 
-RESULTS = on_this_cpu(Path(__file__).resolve().parent / "results/train_step.json")
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def model_and_optimizer(implementation, attention_dropout):
@@ -98,7 +98,7 @@ def main():
             "first_step_seconds": round(step_seconds(model, optimizer, 128), 1),
             "first_step_at_length_120_seconds": round(step_seconds(model, optimizer, 120), 1),
             "median_step_seconds": round(median_step(model, optimizer, args.steps), 3)}
-    path = RESULTS if args.length == 128 else RESULTS.with_name(f"train_step_{args.length}.json")
+    path = on_this_cpu(RESULTS / ("train_step.json" if args.length == 128 else f"train_step_{args.length}.json"))
     if not args.compile and path.exists():  # an earlier --compile run's figures stay, marked as such
         earlier = json.loads(path.read_text())
         compiled = earlier.get("compiled_sdpa_0.1_earlier_run") or (
