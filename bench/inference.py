@@ -36,7 +36,7 @@ RESULTS, TABLE = ROOT / "bench/results/inference.json", ROOT / "bench/inference.
 
 def cpu():
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    flags = onnx_model.cpu_flags()
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                 platform.processor())
     return {"name": name, "machine": platform.machine(), "threads": torch.get_num_threads(),
@@ -223,8 +223,9 @@ def main():
               "int8_speedup_vs_previous_int8_b32": speedup("b32_128", "int8_previous"),
               "int8_speedup_vs_torch_b32_real": speedup("b32_real", "pytorch_fp32"),
               "int8_gemm_speedup": gemms["int8_gemm_speedup"], "gemm": gemms, "latency": timings,
-              "embedding_bits": args.embedding_bits, "command": f"python -m bench.inference --texts {args.texts}"
-              + ("" if args.compare_smoothing == COMPARE_SMOOTHING else f" --compare-smoothing {args.compare_smoothing}")}
+              "embedding_bits": args.embedding_bits,
+              "command": f"python -m bench.inference --texts {args.texts}" + (
+                  "" if args.compare_smoothing == COMPARE_SMOOTHING else f" --compare-smoothing {args.compare_smoothing}")}
     result["other_cpus"] = earlier_runs_on_other_cpus(kind)
     write_json(RESULTS, result, exact=True)
     TABLE.write_text("\n".join(markdown(run) for run in [result, *result["other_cpus"].values()]))

@@ -139,10 +139,11 @@ def quantize_int8(onnx_dir, kind="auto", per_channel=True, calibration=(), smoot
     (export.int8): signed weights, 8-bit where the CPU multiplies u8 by s8 without overflow (VNNI, ARM), 7-bit on AVX2
     without VNNI, whose u8 x s8 multiply-add sums each pair in 16 bits: 255 * 64 * 2 fits, 255 * 127 * 2 would
     saturate. Unsigned weights, which optimum's AVX2 config takes, avoid that too but go through a kernel that ran
-    1.2x slower on an AVX2-only EPYC for the same logit error (python -m bench.inference). With `smoothing` (export.int8_smoothing) above 0, the outlier channels
-    of the MatMul inputs, measured on `calibration` (tokenized batches), are smoothed first (transfer/export/
-    smoothing.py); with `embedding_bits` 4 (export.int8_embedding_bits) the word-embedding table is stored in 4-bit
-    blocks of `embedding_block` values (quantize_vocabulary). model.onnx itself stays as it is. Returns (path, kind)."""
+    1.2x slower on an AVX2-only EPYC for the same logit error (python -m bench.inference). With `smoothing`
+    (export.int8_smoothing) above 0, the outlier channels of the MatMul inputs, measured on `calibration` (tokenized
+    batches), are smoothed first (transfer/export/smoothing.py); with `embedding_bits` 4 (export.int8_embedding_bits)
+    the word-embedding table is stored in 4-bit blocks of `embedding_block` values (quantize_vocabulary). model.onnx
+    itself stays as it is. Returns (path, kind)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -162,7 +163,8 @@ def quantize_int8(onnx_dir, kind="auto", per_channel=True, calibration=(), smoot
         source = prepared
     try:
         quantize_dynamic(source, path, per_channel=per_channel, weight_type=QuantType.QInt8,
-                         reduce_range=kind == "avx2", extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # types of the fused ops' outputs
+                         reduce_range=kind == "avx2",  # 7-bit weights: see above
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # types of the fused ops' outputs
     finally:
         prepared.unlink(missing_ok=True)
     return path, kind
