@@ -1,7 +1,7 @@
 """Fine-tune throughput side by side, in one run: the pipeline's training against two set-ups users start from.
 
-    python -m bench.finetune                          # both shapes, ~10 min on 2 CPU cores
-    python -m bench.finetune --short-train 1000 --full-train 500 --seeds 42,43,44   # what bench/finetune.md ran
+    python -m bench.finetune                          # both shapes, one seed, ~10 min on 2 CPU cores
+    python -m bench.finetune --short-train 1000 --full-train 500 --seeds 42,43,44   # bench/finetune_avx2.md's run
 
 - naive: a plain PyTorch loop as the seeds wrote it: every text padded to a fixed length and tokenized inside the
   Dataset's __getitem__, AdamW, fp32.
@@ -174,7 +174,6 @@ def main():
                                               learning_rate=args.learning_rate, seed=seed) for seed in seeds])
                 for method in METHODS}
         speed = {m: runs[m]["samples_per_second"] for m in METHODS}
-        f1 = {m: runs[m]["val_macro_f1_by_seed"] for m in METHODS}
         result["shapes"][shape] = {
             "max_length": SHAPES[shape], "train_rows": train, "val_rows": args.val,
             "mean_tokens": round(runs["pipeline"]["tokens"] / (train * args.epochs), 1), "runs": runs,
@@ -182,7 +181,8 @@ def main():
             "speedup_vs_trainer": ratio(speed["pipeline"], speed["trainer"]),
             "f1_vs_naive": round(runs["pipeline"]["val_macro_f1"] - runs["naive"]["val_macro_f1"], 4),
             "f1_vs_trainer": round(runs["pipeline"]["val_macro_f1"] - runs["trainer"]["val_macro_f1"], 4),
-            "pipeline_f1_at_least_naive_seeds": sum(p >= n for p, n in zip(f1["pipeline"], f1["naive"]))}
+            "pipeline_f1_at_least_naive_seeds": sum(pipeline >= naive for pipeline, naive in zip(
+                runs["pipeline"]["val_macro_f1_by_seed"], runs["naive"]["val_macro_f1_by_seed"]))}
     result["matmul_peak"] = peak = best_peak(before, matmul_peak())
     for s in result["shapes"].values():
         s["runs"] = {method: with_mfu(run, peak["gflops"]) for method, run in s["runs"].items()}
