@@ -1,23 +1,25 @@
 """Fine-tune throughput side by side, in one run: the pipeline's training against two set-ups users start from.
 
-    python -m bench.finetune                          # both shapes, one seed, ~10 min on 2 CPU cores
-    python -m bench.finetune --short-train 1000 --full-train 500 --seeds 42,43,44   # bench/finetune_avx2.md's run
+    python -m bench.finetune                          # both shapes, one seed, ~13 min on 2 AVX2 cores
+    python -m bench.finetune --short-train 1000 --full-train 500 --seeds 42,43,44   # bench/finetune_avx2.md's, 39 min
 
 - naive: a plain PyTorch loop as the seeds wrote it: every text padded to a fixed length and tokenized inside the
   Dataset's __getitem__, AdamW, fp32.
 - trainer: a run_glue.py-style HF Trainer: the split tokenized up front with datasets.map, padded to the fixed
   length, head truncation, run_glue's defaults (no warm-up, no weight decay, linear decay).
-- pipeline: stages.training.train_classifier exactly as the finetune stage calls it (params.yaml's train section:
-  dynamic padding, length-grouped batches, head+tail truncation, checkpoints, an evaluation per epoch).
+- pipeline: transfer.training.classifier.train_classifier exactly as the finetune stage calls it (params.yaml's train
+  section: dynamic padding, length-grouped batches, head+tail truncation, checkpoints, train.evals_per_epoch
+  evaluations per epoch, the best one's weights kept).
 
-Same encoder (the bundled MiniLM, not the pretrained one, so no stage needs to have run), the same prepared train
-and validation rows (data/prepared: `dvc repro prepare`), epochs, batch size, learning rate and seed. Two shapes:
+Same encoder (the bundled MiniLM, not the pretrained one, so no stage needs to have run), the same prepared train,
+validation and test rows (data/prepared: `dvc repro prepare`), epochs, batch size, learning rate and seed. Two shapes:
 `short` cuts each review to its first two sentences (like the seeds' e-commerce reviews, 128 tokens), `full`
 keeps whole reviews at 256 tokens. Seconds run from raw texts to a trained model and include each set-up's
-evaluation of the validation rows. Each run is a process of its own. With several --seeds (the head's weights, the
-batch order and dropout change; the rows do not) each set-up runs once per seed: seconds are the median run's,
-macro-F1 the mean, so one seed's luck on 200 validation rows does not decide which set-up learns better. Writes
-bench/results/finetune.json and bench/finetune.md.
+evaluation of the validation rows. After the timed part each model predicts the test rows (untimed): the pipeline
+picks its best evaluation by the validation rows, so only the test rows compare the set-ups' F1 on rows none chose
+anything by. Each run is a process of its own. With several --seeds (the head's weights, the batch order and dropout
+change; the rows do not) each set-up runs once per seed: seconds are the median run's, macro-F1 the mean, so one seed's
+luck does not decide which set-up learns better. Writes bench/results/finetune.json and bench/finetune.md.
 """
 import argparse
 import json
@@ -44,9 +46,10 @@ def first_sentences(text, count=2):
     return " ".join(re.split(r"(?<=[.!?])\s+", text.strip())[:count])
 
 
-def rows(shape, train, val):
+def rows(shape, train, val, test):
     parts, names = dataset.load_prepared(ROOT / "data/prepared")
-    chosen = {"train": parts["train"].head(train).copy(), "validation": parts["validation"].head(val).copy()}
+    chosen = {"train": parts["train"].head(train).copy(), "validation": parts["validation"].head(val).copy(),
+              "test": parts["test"].head(test).copy()}
     if shape == "short":
         for frame in chosen.values():
             frame["text"] = frame["text"].map(first_sentences)
@@ -110,6 +113,13 @@ def run_trainer(model, tokenizer, parts, length, args):
         return trainer.evaluate()["eval_macro_f1"]
 
 
+def test_macro_f1(model, tokenizer, frame, length, method):
+    """Macro-F1 on test rows no set-up chose anything by, each truncating as it trained (untimed)."""
+    truncation = load_params(ROOT / "params.yaml")["train"]["truncation"] if method == "pipeline" else "head"
+    probabilities = modeling.predict(model, tokenizer, frame["text"].tolist(), length, truncation=truncation)
+    return macro_f1(probabilities, frame["label"].to_numpy())
+
+
 def run_pipeline(model, tokenizer, parts, length, args):
     from transfer.training.classifier import train_classifier
 
@@ -126,7 +136,7 @@ def run_pipeline(model, tokenizer, parts, length, args):
 def one(args):
     """One set-up on one shape, in this process: prints its figures as JSON."""
     torch.manual_seed(args.seed)
-    parts, names = rows(args.shape, args.train, args.val)
+    parts, names = rows(args.shape, args.train, args.val, args.test)
     source = modeling.resolve_model("default")
     tokenizer = modeling.load_tokenizer(source)
     # the pipeline trains with its params' train.attention_dropout; the naive loop and the Trainer with the model's
@@ -137,9 +147,10 @@ def one(args):
     f1 = globals()[f"run_{args.method}"](model, tokenizer, parts, SHAPES[args.shape], args)
     seconds = time.perf_counter() - started
     samples = args.train * args.epochs
-    print(json.dumps({"seconds": round(seconds, 1), "samples_per_second": round(samples / seconds, 2),
-                      **counter.report(seconds), "peak_rss_mb": peak_rss_mb(),
-                      "val_macro_f1": round(f1, 4)}))
+    report = {"seconds": round(seconds, 1), "samples_per_second": round(samples / seconds, 2),
+              **counter.report(seconds), "peak_rss_mb": peak_rss_mb(), "val_macro_f1": round(f1, 4)}
+    test_f1 = test_macro_f1(model, tokenizer, parts["test"], SHAPES[args.shape], args.method)
+    print(json.dumps({**report, "test_macro_f1": round(test_f1, 4)}))
 
 
 def main():
@@ -148,7 +159,8 @@ def main():
     parser.add_argument("--short-train", type=int, default=1000, help="train rows of the short shape")
     parser.add_argument("--full-train", type=int, default=500, help="train rows of the full shape")
     parser.add_argument("--train", type=int, help=argparse.SUPPRESS)  # one run's rows
-    parser.add_argument("--val", type=int, default=200)
+    parser.add_argument("--val", type=int, default=200, help="validation rows: evaluated inside the timed runs")
+    parser.add_argument("--test", type=int, default=1000, help="test rows: macro-F1 after each run, untimed")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
@@ -170,19 +182,17 @@ def main():
     for shape in args.shapes.split(","):
         train = getattr(args, f"{shape}_train")
         runs = {method: over_seeds([run_apart("bench.finetune", method=method, shape=shape, train=train, val=args.val,
+                                              test=args.test,
                                               epochs=args.epochs, batch_size=args.batch_size,
                                               learning_rate=args.learning_rate, seed=seed) for seed in seeds])
                 for method in METHODS}
         speed = {m: runs[m]["samples_per_second"] for m in METHODS}
         result["shapes"][shape] = {
-            "max_length": SHAPES[shape], "train_rows": train, "val_rows": args.val,
+            "max_length": SHAPES[shape], "train_rows": train, "val_rows": args.val, "test_rows": args.test,
             "mean_tokens": round(runs["pipeline"]["tokens"] / (train * args.epochs), 1), "runs": runs,
             "speedup_vs_naive": ratio(speed["pipeline"], speed["naive"]),
             "speedup_vs_trainer": ratio(speed["pipeline"], speed["trainer"]),
-            "f1_vs_naive": round(runs["pipeline"]["val_macro_f1"] - runs["naive"]["val_macro_f1"], 4),
-            "f1_vs_trainer": round(runs["pipeline"]["val_macro_f1"] - runs["trainer"]["val_macro_f1"], 4),
-            "pipeline_f1_at_least_naive_seeds": sum(pipeline >= naive for pipeline, naive in zip(
-                runs["pipeline"]["val_macro_f1_by_seed"], runs["naive"]["val_macro_f1_by_seed"]))}
+            **f1_against_others(runs, "val_macro_f1", ""), **f1_against_others(runs, "test_macro_f1", "test_")}
     result["matmul_peak"] = peak = best_peak(before, matmul_peak())
     for s in result["shapes"].values():
         s["runs"] = {method: with_mfu(run, peak["gflops"]) for method, run in s["runs"].items()}
@@ -195,10 +205,22 @@ def main():
 def over_seeds(runs):
     """One set-up's runs, one per seed, as one: the figures of the median run by seconds, macro-F1 the mean of all
     (each seed's kept beside it)."""
-    median = sorted(runs, key=lambda run: run["seconds"])[len(runs) // 2]
-    f1 = [run["val_macro_f1"] for run in runs]
-    return {**median, "val_macro_f1": round(sum(f1) / len(f1), 4), "val_macro_f1_by_seed": f1,
-            "seconds_by_seed": [run["seconds"] for run in runs]}
+    merged = {**sorted(runs, key=lambda run: run["seconds"])[len(runs) // 2],
+              "seconds_by_seed": [run["seconds"] for run in runs]}
+    for key in ("val_macro_f1", "test_macro_f1"):
+        f1 = [run[key] for run in runs]
+        merged.update({key: round(sum(f1) / len(f1), 4), f"{key}_by_seed": f1})
+    return merged
+
+
+def f1_against_others(runs, key, prefix):
+    """The pipeline's mean macro-F1 (`key`) less the naive loop's and the Trainer's, and with how many seeds it was at
+    least the naive loop's."""
+    pipeline = runs["pipeline"]
+    return {f"{prefix}f1_vs_naive": round(pipeline[key] - runs["naive"][key], 4),
+            f"{prefix}f1_vs_trainer": round(pipeline[key] - runs["trainer"][key], 4),
+            f"pipeline_{prefix}f1_at_least_naive_seeds": sum(
+                ours >= naive for ours, naive in zip(pipeline[f"{key}_by_seed"], runs["naive"][f"{key}_by_seed"]))}
 
 
 def summarised(result):
@@ -211,24 +233,33 @@ def summarised(result):
 
 def markdown(r):
     c, p = r["cpu"], r["matmul_peak"]
+
+    def by_seed(run, key):
+        return f"{run[key]}; {' / '.join(map(str, run[f'{key}_by_seed']))}"
+
     lines = [f"`{r['command']}` on {c['name']} ({c['machine']}, {c['threads']} threads, AVX-512 VNNI: "
              f"{'yes' if c['avx512_vnni'] else 'no'}), torch {r['torch']}; {r['epochs']} epoch(s), batch "
              f"{r['batch_size']}, lr {r['learning_rate']}, seeds {', '.join(map(str, r['seeds']))}. fp32 GEMM peak, "
              f"the best measured before and after the runs ({' and '.join(map(str, p['measured']))}): "
-             f"{p['gflops']} GFLOP/s ({', '.join(f'{k}: {v}' for k, v in p['by_shape'].items())}).", "",
+             f"{p['gflops']} GFLOP/s ({', '.join(f'{k}: {v}' for k, v in p['by_shape'].items())}). Validation "
+             "rows are evaluated inside the timed runs, and the pipeline keeps its best evaluation by them; test rows, "
+             "after each run, untimed, are rows no set-up chose anything by.", "",
              "| shape | set-up | seconds | samples/s | text tokens/s | text tokens / computed | MFU | peak RSS MB | "
-             "val macro-F1 (mean; by seed) |", "|---|---|---|---|---|---|---|---|---|"]
+             "val macro-F1 (mean; by seed) | test macro-F1 (mean; by seed) |", "|---" * 10 + "|"]
     for shape, s in r["shapes"].items():
         for method, run in s["runs"].items():
-            lines.append(f"| {shape} ({s['train_rows']} rows, {s['max_length']} tokens, {s['mean_tokens']} per text) "
-                         f"| {method} | {run['seconds']} | {run['samples_per_second']} | {run['tokens_per_second']} | "
+            lines.append(f"| {shape} ({s['train_rows']} rows, {s['max_length']} tokens, {s['mean_tokens']} per text; "
+                         f"{s['val_rows']} val, {s['test_rows']} test) | {method} | {run['seconds']} | "
+                         f"{run['samples_per_second']} | {run['tokens_per_second']} | "
                          f"{run['tokens'] / run['padded_tokens']:.0%} | {run['mfu']:.0%} | {run['peak_rss_mb']} | "
-                         f"{run['val_macro_f1']}; {' / '.join(map(str, run['val_macro_f1_by_seed']))} |")
+                         f"{by_seed(run, 'val_macro_f1')} | {by_seed(run, 'test_macro_f1')} |")
+    seeds = len(r["seeds"])
     lines += [""] + [f"{shape}: pipeline {s['speedup_vs_naive']}× the naive loop, {s['speedup_vs_trainer']}× the "
-                     f"run_glue-style Trainer; MFU {s['mfu']:.0%} of the measured peak; mean macro-F1 "
-                     f"{s['f1_vs_naive']:+} against the naive loop's (at least its F1 with "
-                     f"{s['pipeline_f1_at_least_naive_seeds']} of {len(r['seeds'])} seeds), {s['f1_vs_trainer']:+} "
-                     f"against the Trainer's."
+                     f"run_glue-style Trainer; MFU {s['mfu']:.0%} of the measured peak. Mean macro-F1 against the "
+                     f"naive loop's: test {s['test_f1_vs_naive']:+} (at least its F1 with "
+                     f"{s['pipeline_test_f1_at_least_naive_seeds']} of {seeds} seeds), val {s['f1_vs_naive']:+} "
+                     f"({s['pipeline_f1_at_least_naive_seeds']} of {seeds}); against the Trainer's: test "
+                     f"{s['test_f1_vs_trainer']:+}, val {s['f1_vs_trainer']:+}."
                      for shape, s in r["shapes"].items()] + [""]
     return "\n".join(lines)
 

@@ -1,5 +1,6 @@
 """The training controls of train_classifier, as finetune and peft run them: early stopping with the best epoch
-restored, weight decay that spares biases and norms, gradient clipping. A tiny random BERT on toy texts."""
+restored, weight decay that spares biases and norms, gradient clipping, the learning-rate schedule. A tiny random
+BERT on toy texts."""
 import math
 
 import numpy as np
@@ -41,10 +42,10 @@ def train(tiny_bert, model, params, tmp_path, epochs=1, learning_rate=2e-3, call
 
 
 class Spy(TrainerCallback):
-    """Records the validation macro-F1 of each evaluation and the Trainer's logged grad norms."""
+    """Records the validation macro-F1 of each evaluation and the Trainer's logged grad norms and learning rates."""
 
     def __init__(self):
-        self.evaluations, self.evaluated_steps, self.grad_norms = [], [], []
+        self.evaluations, self.evaluated_steps, self.grad_norms, self.learning_rates = [], [], [], []
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self.evaluations.append(metrics["eval_macro_f1"])
@@ -53,6 +54,7 @@ class Spy(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if "grad_norm" in logs:
             self.grad_norms.append(logs["grad_norm"])
+            self.learning_rates.append(logs["learning_rate"])  # the rate of the step logged
 
 
 class OneClassAfterEpoch(TrainerCallback):
@@ -234,6 +236,24 @@ def test_gradient_clipping_bounds_the_norm(tiny_bert, tmp_path):
     assert len(applied.norms) == 160 // 8 and len(spy.grad_norms) == len(applied.norms)
     assert all(before > 0.05 for before in spy.grad_norms)  # every step needed clipping ...
     assert applied.norms == pytest.approx([0.05] * len(applied.norms), rel=1e-3)  # ... and got exactly the bound
+
+
+@pytest.mark.parametrize("schedule", ["linear", "constant_with_warmup", "cosine"])
+def test_the_learning_rate_follows_train_lr_scheduler_after_the_warm_up(tiny_bert, tmp_path, schedule):
+    """train.lr_scheduler reaches the Trainer: the rate climbs over the warm-up's 5 of 20 steps to the peak, then
+    decays to zero (linear: evenly; cosine: slowly at first) or holds (constant_with_warmup)."""
+    spy = Spy()
+    train(tiny_bert, classifier(tiny_bert), toy_params(lr_scheduler=schedule, warmup_ratio=0.25, logging_steps=1),
+          tmp_path, learning_rate=1e-3, callbacks=[spy])
+    assert len(spy.learning_rates) == 160 // 8
+    assert spy.learning_rates[:6] == pytest.approx([0.0, 2e-4, 4e-4, 6e-4, 8e-4, 1e-3])  # the warm-up, then the peak
+    after = [rate / 1e-3 for rate in spy.learning_rates[6:]]  # the 14 steps after, as fractions of the peak
+    if schedule == "constant_with_warmup":
+        assert after == pytest.approx([1.0] * 14)
+    else:
+        assert after == sorted(after, reverse=True) and after[-1] < 0.1
+        expected = 1 - 3 / 15 if schedule == "linear" else (1 + math.cos(math.pi * 3 / 15)) / 2
+        assert after[2] == pytest.approx(expected)  # 3 of 15 decaying steps done: linear 0.8 of the peak, cosine 0.905
 
 
 def test_length_grouped_batches_come_in_random_order_not_as_a_drift_from_long_to_short():

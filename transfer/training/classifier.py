@@ -189,7 +189,8 @@ def training_arguments(output_dir, train_cfg, compute, epochs, learning_rate, se
         per_device_eval_batch_size=train_cfg["eval_batch_size"],
         gradient_accumulation_steps=train_cfg["gradient_accumulation_steps"],
         weight_decay=train_cfg["weight_decay"], warmup_ratio=train_cfg["warmup_ratio"],
-        max_grad_norm=train_cfg["max_grad_norm"], group_by_length=train_cfg["group_by_length"],
+        lr_scheduler_type=train_cfg["lr_scheduler"], max_grad_norm=train_cfg["max_grad_norm"],
+        group_by_length=train_cfg["group_by_length"],
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, load_best_model_at_end=True,
         metric_for_best_model="macro_f1", greater_is_better=True, save_safetensors=True,
         restore_callback_states_from_checkpoint=True,  # early stopping's patience count survives a resume
