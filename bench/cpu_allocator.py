@@ -100,7 +100,7 @@ def main():
     shape_runs = {}
     for shape, rows in (("short", 1000), ("full", 500)):
         runs = interleaved(args.repeats // 2 + 1, lambda name: run_apart(
-            "bench.finetune", method="pipeline", shape=shape, train=rows, cpu_allocator=name))
+            "bench.finetune", method="pipeline", shape=shape, train=rows, test=0, cpu_allocator=name))
         best = {name: min(r["seconds"] for r in runs[name]) for name in SETTINGS}
         peak = {name: max(r["peak_rss_mb"] for r in runs[name]) for name in SETTINGS}
         shape_runs[shape] = {"rows": rows, "runs": runs, "speedup": ratio(best["native"], best["keep"]),
