@@ -113,9 +113,8 @@ def run_trainer(model, tokenizer, parts, length, args):
         return trainer.evaluate()["eval_macro_f1"]
 
 
-def test_macro_f1(model, tokenizer, frame, length, method):
-    """Macro-F1 on test rows no set-up chose anything by, each truncating as it trained (untimed)."""
-    truncation = load_params(ROOT / "params.yaml")["train"]["truncation"] if method == "pipeline" else "head"
+def test_macro_f1(model, tokenizer, frame, length, truncation):
+    """Macro-F1 on test rows no set-up chose anything by, truncated as the set-up trained (untimed)."""
     probabilities = modeling.predict(model, tokenizer, frame["text"].tolist(), length, truncation=truncation)
     return macro_f1(probabilities, frame["label"].to_numpy())
 
@@ -139,8 +138,10 @@ def one(args):
     parts, names = rows(args.shape, args.train, args.val, args.test)
     source = modeling.resolve_model("default")
     tokenizer = modeling.load_tokenizer(source)
-    # the pipeline trains with its params' train.attention_dropout; the naive loop and the Trainer with the model's
-    dropout = load_params(ROOT / "params.yaml")["train"]["attention_dropout"] if args.method == "pipeline" else None
+    # the pipeline trains with its params' train.attention_dropout and truncation; the naive loop and the Trainer with
+    # the model's dropout and head truncation
+    pipeline, train_cfg = args.method == "pipeline", load_params(ROOT / "params.yaml")["train"]
+    dropout = train_cfg["attention_dropout"] if pipeline else None
     model = modeling.load_classifier(source, names, attention_dropout=dropout)
     counter = FlopCounter(model)
     started = time.perf_counter()
@@ -150,7 +151,8 @@ def one(args):
     report = {"seconds": round(seconds, 1), "samples_per_second": round(samples / seconds, 2),
               **counter.report(seconds), "peak_rss_mb": peak_rss_mb(), "val_macro_f1": round(f1, 4)}
     if args.test:  # bench.cpu_allocator times these runs alone: --test 0
-        test_f1 = test_macro_f1(model, tokenizer, parts["test"], SHAPES[args.shape], args.method)
+        truncation = train_cfg["truncation"] if pipeline else "head"
+        test_f1 = test_macro_f1(model, tokenizer, parts["test"], SHAPES[args.shape], truncation)
         report["test_macro_f1"] = round(test_f1, 4)
     print(json.dumps(report))
 
