@@ -2,6 +2,7 @@
 
     python -m bench.finetune                          # both shapes, one seed, ~13 min on 2 AVX2 cores
     python -m bench.finetune --short-train 1000 --full-train 500 --seeds 42,43,44   # bench/finetune_avx2.md's, 39 min
+    python -m bench.finetune --shapes full --full-train 1000 --seeds 42,43,44 --name finetune_full1000   # 63 steps
 
 - naive: a plain PyTorch loop as the seeds wrote it: every text padded to a fixed length and tokenized inside the
   Dataset's __getitem__, AdamW, fp32.
@@ -32,12 +33,11 @@ import torch
 from bench.inference import cpu, on_this_cpu
 from bench.throughput import ROOT, FlopCounter, best_peak, matmul_peak, peak_rss_mb, ratio, run_apart, with_mfu
 from transfer import modeling
-from transfer.config import load_params
+from transfer.config import LR_SCHEDULERS, load_params
 from transfer.data import dataset
 from transfer.outputs import write_json
 from transfer.tasks.classification import trainer_metrics
 
-RESULTS, TABLE = on_this_cpu(ROOT / "bench/results/finetune.json"), on_this_cpu(ROOT / "bench/finetune.md")
 SHAPES = {"short": 128, "full": 256}
 METHODS = ("naive", "trainer", "pipeline")
 
@@ -127,6 +127,8 @@ def run_pipeline(model, tokenizer, parts, length, args):
     params["seed"] = args.seed
     if args.cpu_allocator:  # bench.cpu_allocator runs this set-up with each setting
         params["compute"]["cpu_allocator"] = args.cpu_allocator
+    if args.lr_scheduler:
+        params["train"]["lr_scheduler"] = args.lr_scheduler
     with tempfile.TemporaryDirectory() as out:
         results, _ = train_classifier(model, tokenizer, parts, params, args.epochs, args.learning_rate, out)
     return results["val_macro_f1"]
@@ -150,6 +152,8 @@ def one(args):
     samples = args.train * args.epochs
     report = {"seconds": round(seconds, 1), "samples_per_second": round(samples / seconds, 2),
               **counter.report(seconds), "peak_rss_mb": peak_rss_mb(), "val_macro_f1": round(f1, 4)}
+    if pipeline:
+        report["lr_scheduler"] = args.lr_scheduler or train_cfg["lr_scheduler"]
     if args.test:  # bench.cpu_allocator times these runs alone: --test 0
         truncation = train_cfg["truncation"] if pipeline else "head"
         test_f1 = test_macro_f1(model, tokenizer, parts["test"], SHAPES[args.shape], truncation)
@@ -174,6 +178,10 @@ def main():
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--shape", choices=SHAPES, help=argparse.SUPPRESS)
     parser.add_argument("--cpu-allocator", choices=("auto", "keep", "native"), help=argparse.SUPPRESS)
+    parser.add_argument("--name", default="finetune", help="writes bench/results/NAME.json and bench/NAME.md (with "
+                        "_avx2 or _avx512 before the suffix on a CPU without AVX-512 VNNI)")
+    parser.add_argument("--lr-scheduler", choices=LR_SCHEDULERS,
+                        help="the pipeline's train.lr_scheduler (default: params.yaml's)")
     args = parser.parse_args()
     if args.one:
         return one(args)
@@ -183,14 +191,19 @@ def main():
     before = matmul_peak()
     result = {"cpu": cpu(), "torch": torch.__version__, "epochs": args.epochs,
               "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seeds": seeds, "shapes": {},
-              "command": f"python -m bench.finetune --short-train {args.short_train} --full-train {args.full_train}"
-                         + (f" --seeds {args.seeds}" if len(seeds) > 1 else "")}
+              "command": "python -m bench.finetune" + (f" --shapes {args.shapes}" if args.shapes != "short,full" else "")
+                         + "".join(f" --{shape}-train {getattr(args, f'{shape}_train')}"
+                                   for shape in args.shapes.split(","))
+                         + (f" --seeds {args.seeds}" if len(seeds) > 1 else "")
+                         + (f" --lr-scheduler {args.lr_scheduler}" if args.lr_scheduler else "")
+                         + (f" --name {args.name}" if args.name != "finetune" else "")}
+    chosen = {"lr_scheduler": args.lr_scheduler} if args.lr_scheduler else {}  # the pipeline's; the others ignore it
     for shape in args.shapes.split(","):
         train = getattr(args, f"{shape}_train")
         runs = {method: over_seeds([run_apart("bench.finetune", method=method, shape=shape, train=train, val=args.val,
                                               test=args.test,
                                               epochs=args.epochs, batch_size=args.batch_size,
-                                              learning_rate=args.learning_rate, seed=seed) for seed in seeds])
+                                              learning_rate=args.learning_rate, seed=seed, **chosen) for seed in seeds])
                 for method in METHODS}
         speed = {m: runs[m]["samples_per_second"] for m in METHODS}
         result["shapes"][shape] = {
@@ -203,9 +216,10 @@ def main():
     for s in result["shapes"].values():
         s["runs"] = {method: with_mfu(run, peak["gflops"]) for method, run in s["runs"].items()}
         s["mfu"] = s["runs"]["pipeline"]["mfu"]
-    write_json(RESULTS, summarised(result), exact=True)
-    TABLE.write_text(markdown(result))
-    print(TABLE.read_text())
+    results, table = on_this_cpu(ROOT / f"bench/results/{args.name}.json"), on_this_cpu(ROOT / f"bench/{args.name}.md")
+    write_json(results, summarised(result), exact=True)
+    table.write_text(markdown(result))
+    print(table.read_text())
 
 
 def over_seeds(runs):
@@ -237,6 +251,12 @@ def summarised(result):
             "mfu": min(s["mfu"] for s in shapes)}
 
 
+def schedule(shape):
+    """' (lr_scheduler: ...)': the pipeline's learning-rate schedule, where the run recorded it."""
+    chosen = shape["runs"]["pipeline"].get("lr_scheduler")
+    return f" (lr_scheduler: {chosen})" if chosen else ""
+
+
 def markdown(r):
     c, p = r["cpu"], r["matmul_peak"]
 
@@ -260,7 +280,8 @@ def markdown(r):
                          f"{run['tokens'] / run['padded_tokens']:.0%} | {run['mfu']:.0%} | {run['peak_rss_mb']} | "
                          f"{by_seed(run, 'val_macro_f1')} | {by_seed(run, 'test_macro_f1')} |")
     seeds = len(r["seeds"])
-    lines += [""] + [f"{shape}: pipeline {s['speedup_vs_naive']}× the naive loop, {s['speedup_vs_trainer']}× the "
+    lines += [""] + [f"{shape}: pipeline{schedule(s)} {s['speedup_vs_naive']}× the naive loop, "
+                     f"{s['speedup_vs_trainer']}× the "
                      f"run_glue-style Trainer; MFU {s['mfu']:.0%} of the measured peak. Mean macro-F1 against the "
                      f"naive loop's: test {s['test_f1_vs_naive']:+} (at least its F1 with "
                      f"{s['pipeline_test_f1_at_least_naive_seeds']} of {seeds} seeds), val {s['f1_vs_naive']:+} "
