@@ -191,7 +191,8 @@ def main():
     before = matmul_peak()
     result = {"cpu": cpu(), "torch": torch.__version__, "epochs": args.epochs,
               "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seeds": seeds, "shapes": {},
-              "command": "python -m bench.finetune" + (f" --shapes {args.shapes}" if args.shapes != "short,full" else "")
+              "command": "python -m bench.finetune"
+                         + (f" --shapes {args.shapes}" if args.shapes != "short,full" else "")
                          + "".join(f" --{shape}-train {getattr(args, f'{shape}_train')}"
                                    for shape in args.shapes.split(","))
                          + (f" --seeds {args.seeds}" if len(seeds) > 1 else "")
