@@ -20,7 +20,8 @@ evaluation of the validation rows. After the timed part each model predicts the 
 picks its best evaluation by the validation rows, so only the test rows compare the set-ups' F1 on rows none chose
 anything by. Each run is a process of its own. With several --seeds (the head's weights, the batch order and dropout
 change; the rows do not) each set-up runs once per seed: seconds are the median run's, macro-F1 the mean, so one seed's
-luck does not decide which set-up learns better. Writes bench/results/finetune.json and bench/finetune.md.
+luck does not decide which set-up learns better. Writes bench/results/finetune.json and bench/finetune.md (--name
+NAME: NAME.json and NAME.md), with _avx2 or _avx512 before the suffix on a CPU without AVX-512 VNNI.
 """
 import argparse
 import json
