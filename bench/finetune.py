@@ -64,6 +64,7 @@ def macro_f1(logits, labels):
 
 
 def run_naive(model, tokenizer, parts, length, args):
+    """The seeds' loop, on the device the model is on (bench.gpu moves it to the GPU)."""
     class Tokenizing(torch.utils.data.Dataset):
         def __init__(self, frame):
             self.texts, self.labels = frame["text"].tolist(), frame["label"].tolist()
@@ -82,7 +83,7 @@ def run_naive(model, tokenizer, parts, length, args):
     model.train()
     for _ in range(args.epochs):
         for batch in loader:
-            model(**batch).loss.backward()
+            model(**{key: value.to(model.device) for key, value in batch.items()}).loss.backward()
             optimizer.step()
             optimizer.zero_grad()
     model.eval()
@@ -90,7 +91,7 @@ def run_naive(model, tokenizer, parts, length, args):
     with torch.no_grad():
         for batch in torch.utils.data.DataLoader(Tokenizing(parts["validation"]), batch_size=64):
             batch.pop("labels")
-            logits.append(model(**batch).logits)
+            logits.append(model(**{key: value.to(model.device) for key, value in batch.items()}).logits.cpu())
     return macro_f1(torch.cat(logits).numpy(), parts["validation"]["label"].to_numpy())
 
 

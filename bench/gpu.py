@@ -1,16 +1,17 @@
 """The fine-tune and inference on a CUDA GPU, side by side in one run: python -m bench.gpu
 
 - peak: the GPU's bf16 GEMM rate (8192 x 8192 x 8192), measured here; MFU reads against it.
-- naive: a plain PyTorch loop on the GPU as the seeds wrote it (fp32, every text padded to the fixed length and
-  tokenized inside the Dataset's __getitem__, AdamW), as bench.finetune's naive set-up.
-- pipeline: transfer.training.classifier.train_classifier as the finetune stage calls it (params.yaml: compute.precision
-  auto = bf16 autocast on a GPU that has it, dynamic padding, length-grouped batches, validation passes, checkpoints).
+- naive: bench.finetune's naive set-up on the GPU: a plain PyTorch loop as the seeds wrote it (fp32, TF32 off, every
+  text padded to the fixed length and tokenized inside the Dataset's __getitem__, AdamW).
+- pipeline: bench.finetune's pipeline set-up, train_classifier as the finetune stage calls it (params.yaml:
+  compute.precision auto = bf16 autocast on a GPU that has it, dynamic padding, length-grouped batches, validation
+  passes, checkpoints).
 - inference: the classifier's forward at batch 1 and 32 x 128 tokens, fp32 and bf16 autocast (median ms,
   torch.utils.benchmark, which synchronises the GPU).
 
 The shapes are bench.finetune's (short: the first two sentences, 128 tokens; full: whole reviews, 256), on the
-prepared split (`dvc repro prepare`). Seconds run from raw texts to a trained model. `--random-weights DIR` builds the
-encoder of the model folder DIR (its config and tokenizer; no weights needed) with random weights: speed, MFU and
+prepared split (`dvc repro prepare`). Seconds run from raw texts to a trained model, the validation rows included.
+`--random-weights DIR` builds the encoder of the model folder DIR (its config and tokenizer; no weights needed) with random weights: speed, MFU and
 memory are those of the real model, macro-F1 is not reported then. Writes bench/results/gpu.json and bench/gpu.md.
 """
 import argparse
@@ -20,7 +21,7 @@ import time
 import torch
 from torch.utils import benchmark
 
-from bench.finetune import SHAPES, rows
+from bench.finetune import SHAPES, rows, run_naive, run_pipeline
 from bench.throughput import ROOT, FlopCounter, ratio
 from transfer import modeling
 from transfer.config import load_params
@@ -34,47 +35,16 @@ def bf16_peak(size=8192):
     return round(2 * size ** 3 / timer.blocked_autorange(min_run_time=1.0).median / 1e12, 1)
 
 
-def run_naive(model, tokenizer, parts, length, args):
-    texts, labels = parts["train"]["text"].tolist(), parts["train"]["label"].tolist()
-
-    class Tokenizing(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(texts)
-
-        def __getitem__(self, i):
-            encoded = tokenizer(texts[i], padding="max_length", truncation=True, max_length=length,
-                                return_tensors="pt")
-            return {**{key: value[0] for key, value in encoded.items()}, "labels": torch.tensor(labels[i])}
-
-    loader = torch.utils.data.DataLoader(Tokenizing(), batch_size=args.batch_size, shuffle=True,
-                                         generator=torch.Generator().manual_seed(args.seed))
-    torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch's default, which a pipeline run before switched on
-    model.cuda().train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
-    for batch in loader:
-        model(**{key: value.cuda() for key, value in batch.items()}).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval()
-    return None
-
-
-def run_pipeline(model, tokenizer, parts, length, args):
-    from transfer.training.classifier import train_classifier
-
-    params = load_params(ROOT / "params.yaml")
-    params["train"] = {**params["train"], "max_length": length, "batch_size": args.batch_size}
-    params["seed"] = args.seed
-    with tempfile.TemporaryDirectory() as out:
-        results, _ = train_classifier(model, tokenizer, parts, params, 1, args.learning_rate, out)
-    return results["val_macro_f1"]
-
-
 def trained(method, shape, source, tokenizer, args):
     torch.manual_seed(args.seed)
     parts, names = rows(shape, getattr(args, f"{shape}_train"), args.val, 0)
-    model = modeling.load_classifier(source, names)
+    # as bench.finetune: the pipeline with its params' train.attention_dropout, the naive loop with the model's
+    dropout = load_params(ROOT / "params.yaml")["train"]["attention_dropout"] if method == "pipeline" else None
+    model = modeling.load_classifier(source, names, attention_dropout=dropout)
     counter = FlopCounter(model)
+    if method == "naive":
+        model.cuda()
+        torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch's default, which a pipeline run before switched on
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -83,7 +53,7 @@ def trained(method, shape, source, tokenizer, args):
     seconds = time.perf_counter() - started
     report = {"seconds": round(seconds, 2), "samples_per_second": round(len(parts["train"]) / seconds, 1),
               **counter.report(seconds), "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20)}
-    if f1 is not None and not args.random_weights:
+    if not args.random_weights:
         report["val_macro_f1"] = round(f1, 4)
     return report, model
 
@@ -124,6 +94,7 @@ def main():
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--random-weights", metavar="DIR", help="the model folder whose shape to train, random weights")
+    parser.set_defaults(epochs=1, cpu_allocator=None, lr_scheduler=None)  # bench.finetune's set-ups read these
     args = parser.parse_args()
     if not torch.cuda.is_available():
         parser.error("bench.gpu measures a CUDA GPU and none is visible here")
@@ -158,9 +129,9 @@ def markdown(r):
              "|---|---|---|---|---|---|---|"]
     for shape, s in r["shapes"].items():
         for method, run in s["runs"].items():
-            lines.append(f"| {shape} ({s['train_rows']} rows, {s['max_length']} tokens) | {method} | {run['seconds']} | "
-                         f"{run['samples_per_second']} | {run['tokens_per_second']} | {run['mfu']:.1%} | "
-                         f"{run['peak_gpu_memory_mb']} |")
+            lines.append(f"| {shape} ({s['train_rows']} rows, {s['max_length']} tokens) | {method} | "
+                         f"{run['seconds']} | {run['samples_per_second']} | {run['tokens_per_second']} | "
+                         f"{run['mfu']:.1%} | {run['peak_gpu_memory_mb']} |")
     lines += [""] + [f"{shape}: pipeline {s['speedup_vs_naive']}× the naive loop." for shape, s in r["shapes"].items()]
     lines += ["", "Inference, the classifier's forward at 128 tokens, median ms: "
               + ", ".join(f"{key} {value}" for key, value in r["inference_ms"].items()) + ".", ""]
