@@ -11,8 +11,9 @@
 
 The shapes are bench.finetune's (short: the first two sentences, 128 tokens; full: whole reviews, 256), on the
 prepared split (`dvc repro prepare`). Seconds run from raw texts to a trained model, the validation rows included.
-`--random-weights DIR` builds the encoder of the model folder DIR (its config and tokenizer; no weights needed) with random weights: speed, MFU and
-memory are those of the real model, macro-F1 is not reported then. Writes bench/results/gpu.json and bench/gpu.md.
+`--random-weights DIR` builds the encoder of the model folder DIR (its config and tokenizer; no weights needed) with
+random weights: speed, MFU and memory are those of the real model, macro-F1 is not reported then. Writes
+bench/results/gpu.json and bench/gpu.md.
 """
 import argparse
 import tempfile
