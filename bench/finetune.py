@@ -16,12 +16,15 @@ Same encoder (the bundled MiniLM, not the pretrained one, so no stage needs to h
 validation and test rows (data/prepared: `dvc repro prepare`), epochs, batch size, learning rate and seed. Two shapes:
 `short` cuts each review to its first two sentences (like the seeds' e-commerce reviews, 128 tokens), `full`
 keeps whole reviews at 256 tokens. Seconds run from raw texts to a trained model and include each set-up's
-evaluation of the validation rows. After the timed part each model predicts the test rows (untimed): the pipeline
-picks its best evaluation by the validation rows, so only the test rows compare the set-ups' F1 on rows none chose
-anything by. Each run is a process of its own. With several --seeds (the head's weights, the batch order and dropout
-change; the rows do not) each set-up runs once per seed: seconds are the median run's, macro-F1 the mean, so one seed's
-luck does not decide which set-up learns better. Writes bench/results/finetune.json and bench/finetune.md (--name
-NAME: NAME.json and NAME.md), with _avx2 or _avx512 before the suffix on a CPU without AVX-512 VNNI.
+evaluation of the validation rows; "in steps" are the seconds inside its training steps alone (bench.throughput's
+StepClock: forward, backward, the update), and "MFU in steps" their rate, apart from the data loading, evaluation,
+checkpoints and start that the whole run's MFU also pays for. After the timed part each model predicts the test rows
+(untimed): the pipeline picks its best evaluation by the validation rows, so only the test rows compare the set-ups'
+F1 on rows none chose anything by. Each run is a process of its own. With several --seeds (the head's weights, the
+batch order and dropout change; the rows do not) each set-up runs once per seed: seconds are the median run's,
+macro-F1 the mean, so one seed's luck does not decide which set-up learns better. Writes bench/results/finetune.json
+and bench/finetune.md (--name NAME: NAME.json and NAME.md), with _avx2 or _avx512 before the suffix on a CPU without
+AVX-512 VNNI.
 """
 import argparse
 import json
@@ -32,7 +35,8 @@ import time
 import torch
 
 from bench.inference import cpu, on_this_cpu
-from bench.throughput import ROOT, FlopCounter, best_peak, matmul_peak, peak_rss_mb, ratio, run_apart, with_mfu
+from bench.throughput import (ROOT, FlopCounter, StepClock, best_peak, matmul_peak, peak_rss_mb, ratio, run_apart,
+                              with_mfu)
 from transfer import modeling
 from transfer.config import LR_SCHEDULERS, load_params
 from transfer.data import dataset
@@ -147,13 +151,14 @@ def one(args):
     pipeline, train_cfg = args.method == "pipeline", load_params(ROOT / "params.yaml")["train"]
     dropout = train_cfg["attention_dropout"] if pipeline else None
     model = modeling.load_classifier(source, names, attention_dropout=dropout)
-    counter = FlopCounter(model)
+    counter, clock = FlopCounter(model), StepClock(model)
     started = time.perf_counter()
     f1 = globals()[f"run_{args.method}"](model, tokenizer, parts, SHAPES[args.shape], args)
     seconds = time.perf_counter() - started
     samples = args.train * args.epochs
     report = {"seconds": round(seconds, 1), "samples_per_second": round(samples / seconds, 2),
-              **counter.report(seconds), "peak_rss_mb": peak_rss_mb(), "val_macro_f1": round(f1, 4)}
+              **counter.report(seconds), **clock.report(counter, seconds), "peak_rss_mb": peak_rss_mb(),
+              "val_macro_f1": round(f1, 4)}
     if pipeline:
         report["lr_scheduler"] = args.lr_scheduler or train_cfg["lr_scheduler"]
     if args.test:  # bench.cpu_allocator times these runs alone: --test 0
@@ -218,7 +223,7 @@ def main():
     result["matmul_peak"] = peak = best_peak(before, matmul_peak())
     for s in result["shapes"].values():
         s["runs"] = {method: with_mfu(run, peak["gflops"]) for method, run in s["runs"].items()}
-        s["mfu"] = s["runs"]["pipeline"]["mfu"]
+        s["mfu"], s["mfu_in_steps"] = s["runs"]["pipeline"]["mfu"], s["runs"]["pipeline"]["mfu_in_steps"]
     results, table = on_this_cpu(ROOT / f"bench/results/{args.name}.json"), on_this_cpu(ROOT / f"bench/{args.name}.md")
     write_json(results, summarised(result), exact=True)
     table.write_text(markdown(result))
@@ -273,19 +278,23 @@ def markdown(r):
              f"{p['gflops']} GFLOP/s ({', '.join(f'{k}: {v}' for k, v in p['by_shape'].items())}). Validation "
              "rows are evaluated inside the timed runs, and the pipeline keeps its best evaluation by them; test rows, "
              "after each run, untimed, are rows no set-up chose anything by.", "",
-             "| shape | set-up | seconds | samples/s | text tokens/s | text tokens / computed | MFU | peak RSS MB | "
-             "val macro-F1 (mean; by seed) | test macro-F1 (mean; by seed) |", "|---" * 10 + "|"]
+             "| shape | set-up | seconds | in steps | samples/s | text tokens/s | text tokens / computed | MFU | "
+             "MFU in steps | peak RSS MB | val macro-F1 (mean; by seed) | test macro-F1 (mean; by seed) |",
+             "|---" * 12 + "|"]
     for shape, s in r["shapes"].items():
         for method, run in s["runs"].items():
             lines.append(f"| {shape} ({s['train_rows']} rows, {s['max_length']} tokens, {s['mean_tokens']} per text; "
                          f"{s['val_rows']} val, {s['test_rows']} test) | {method} | {run['seconds']} | "
-                         f"{run['samples_per_second']} | {run['tokens_per_second']} | "
-                         f"{run['tokens'] / run['padded_tokens']:.0%} | {run['mfu']:.0%} | {run['peak_rss_mb']} | "
+                         f"{run['step_seconds']} ({run['step_share']:.0%}) | {run['samples_per_second']} | "
+                         f"{run['tokens_per_second']} | {run['tokens'] / run['padded_tokens']:.0%} | "
+                         f"{run['mfu']:.0%} | "
+                         f"{run['mfu_in_steps']:.0%} | {run['peak_rss_mb']} | "
                          f"{by_seed(run, 'val_macro_f1')} | {by_seed(run, 'test_macro_f1')} |")
     seeds = len(r["seeds"])
     lines += [""] + [f"{shape}: pipeline{schedule(s)} {s['speedup_vs_naive']}× the naive loop, "
                      f"{s['speedup_vs_trainer']}× the "
-                     f"run_glue-style Trainer; MFU {s['mfu']:.0%} of the measured peak. Mean macro-F1 against the "
+                     f"run_glue-style Trainer; MFU {s['mfu']:.0%} of the measured peak over the whole run, "
+                     f"{s['mfu_in_steps']:.0%} within its training steps. Mean macro-F1 against the "
                      f"naive loop's: test {s['test_f1_vs_naive']:+} (at least its F1 with "
                      f"{s['pipeline_test_f1_at_least_naive_seeds']} of {seeds} seeds), val {s['f1_vs_naive']:+} "
                      f"({s['pipeline_f1_at_least_naive_seeds']} of {seeds}); against the Trainer's: test "

@@ -67,7 +67,6 @@ def timed(call, seconds):
 def gemm(seconds, m=4096, k=384, n=1536):
     """fp32 GEMM in PyTorch (its own, and oneDNN's: compute.cpu_matmul) against ORT's int8 MatMulInteger at the
     FFN's shape (batch 32 x 128 tokens); the int8 speed-up reads against the faster fp32 one."""
-    import onnx
     import onnxruntime
     from onnx import TensorProto, helper
 

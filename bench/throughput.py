@@ -4,7 +4,8 @@ and each compared run in a process of its own (so peak memory, threads and cache
 Model FLOPs follow the PaLM paper's count (appendix B): a training step costs 6 x (non-embedding parameters) per
 token plus 12 x layers x hidden x sequence length per token for attention's two matmuls. `useful` counts the
 tokens that are text; `computed` counts the padding too, which a fixed-length loop pays for and learns nothing from.
-MFU = useful FLOPs per second / the best fp32 GEMM rate measured in the same run (before and after the runs).
+MFU = useful FLOPs per second / the best fp32 GEMM rate measured in the same run (before and after the runs), over
+the run's whole seconds and over its training steps' alone (StepClock).
 """
 import contextlib
 import json
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils import benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +55,39 @@ def best_peak(*peaks):
 
 
 def with_mfu(run, peak_gflops):
-    return {**run, "mfu": round(run["useful_gflops"] / peak_gflops, 3)}
+    """The run's MFU over its whole seconds, and over its training steps' alone where it clocked them (StepClock)."""
+    steps = {"mfu_in_steps": round(run["useful_gflops_in_steps"] / peak_gflops, 3)} if "step_seconds" in run else {}
+    return {**run, "mfu": round(run["useful_gflops"] / peak_gflops, 3), **steps}
+
+
+class StepClock:
+    """Seconds inside the training steps of `model`: from each step's first training-mode forward to the end of its
+    optimizer step (forward, backward, clipping, the update), whoever runs the loop. What stays out: loading and
+    tokenizing the data, evaluation passes, checkpoints, the start. Measured on the host clock: on a GPU, whose work
+    runs asynchronously, it is not the steps' time."""
+
+    def __init__(self, model):
+        self.seconds, self.steps, self._started = 0.0, 0, None
+        model.base_model.register_forward_pre_hook(self._forward)
+        self._hook = register_optimizer_step_post_hook(self._stepped)
+
+    def _forward(self, module, args):
+        if module.training and self._started is None:
+            self._started = time.perf_counter()
+
+    def _stepped(self, optimizer, args, kwargs):
+        if self._started is not None:
+            self.seconds += time.perf_counter() - self._started
+            self.steps += 1
+            self._started = None
+
+    def report(self, counter, seconds):
+        """step_seconds, their share of the run's `seconds`, and the useful GFLOP/s of `counter` (a FlopCounter)
+        within them."""
+        self._hook.remove()
+        return {"step_seconds": round(self.seconds, 1), "steps": self.steps,
+                "step_share": round(self.seconds / seconds, 3),
+                "useful_gflops_in_steps": round(counter.useful / max(self.seconds, 1e-9) / 1e9, 1)}
 
 
 def non_embedding_parameters(model):

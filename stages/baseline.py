@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 from transfer.baselines import tfidf
+from transfer import machine
 from transfer.config import run_stage
 from transfer.data import dataset
 from transfer.outputs import replaced_together, write_json
@@ -32,7 +33,7 @@ def main(params):
                                   "val_macro_f1": results["validation"]["macro_f1"],
                                   "test_accuracy": results["test"]["accuracy"],
                                   "test_macro_f1": results["test"]["macro_f1"]})
-        write_json(timing_file, {"fit_seconds": round(fit_seconds, 1)})
+        write_json(timing_file, {"fit_seconds": round(fit_seconds, 1), "machine": machine.describe()})
     print(f"baseline (TF-IDF + logistic regression): val macro-F1 {results['validation']['macro_f1']:.4f}, "
           f"test macro-F1 {results['test']['macro_f1']:.4f}, fitted in {fit_seconds:.1f} s")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from transfer import modeling
+from transfer import machine, modeling
 from transfer.config import run_stage
 from transfer.data import dataset
 from transfer.export import compression, onnx_model
@@ -119,7 +119,7 @@ def main(params):
                             "int8_speedup_batch32_vs_teacher_fp32": teacher_ms["pytorch_fp32"] / int8_ms,
                             "int8_speedup_batch32_vs_teacher_int8": teacher_ms["onnx_int8"] / int8_ms}
         write_json(metrics_file, summary)
-        write_json(timing_file, timing)
+        write_json(timing_file, {**timing, "machine": machine.describe()})
     checkpointing.finish(CHECKPOINTS)
     print(table(summary, timing))
     for name in variants:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from transfer import modeling, strategies
+from transfer import machine, modeling, strategies
 from transfer.baselines import tfidf
 from transfer.config import run_stage
 from transfer.data import dataset
@@ -94,7 +94,8 @@ def main(params):
     with replaced_together(*outputs) as (metrics_file, board_file, timing_file, *table_files):
         write_json(metrics_file, summary)
         write_json(board_file, ranking)
-        write_json(timing_file, {"test_ms_per_text": latency, "batch_size": params["evaluate"]["batch_size"]})
+        write_json(timing_file, {"test_ms_per_text": latency, "batch_size": params["evaluate"]["batch_size"],
+                                 "machine": machine.describe()})
         for table, path in zip(tables.values(), table_files):
             write_csv(path, table)
     print(quality.report(summary))

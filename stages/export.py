@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import modeling, strategies
+from transfer import machine, modeling, strategies
 from transfer.baselines import tfidf
 from transfer.config import run_stage
 from transfer.data import dataset
@@ -144,7 +144,7 @@ def main(params):
         (out / "README.md").write_text(model_card(params, data_metrics, read_json("metrics/peft.json"),
                                                   evaluate_metrics, board, summary, timing), encoding="utf-8")
         write_json(metrics_file, summary)
-        write_json(timing_file, timing)
+        write_json(timing_file, {**timing, "machine": machine.describe()})
     print(quality.report(evaluate_metrics))
     print(leaderboard.table(board))
     runner_up, lead = leaderboard.margin(board, exported)

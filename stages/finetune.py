@@ -3,7 +3,7 @@ from pathlib import Path
 
 import torch
 
-from transfer import modeling
+from transfer import machine, modeling
 from transfer.data import dataset
 from transfer.evaluation import quality
 from transfer.outputs import replaced_together, write_json
@@ -36,7 +36,7 @@ def main(params):
         with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
             modeling.save(model, tokenizer, out)
             write_json(metrics_file, results)
-            write_json(timing_file, timing)
+            write_json(timing_file, {**timing, "machine": machine.describe()})
             (CHECKPOINTS / "curves").rename(curves)
     checkpointing.finish(CHECKPOINTS)
     print(f"finetune: val macro-F1 {results['val_macro_f1']:.4f} in {timing['train_seconds']} s")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from transfer import modeling, strategies
+from transfer import machine, modeling, strategies
 from transfer.data import dataset
 from transfer.evaluation import quality
 from transfer.outputs import replaced_together, write_json
@@ -48,7 +48,7 @@ def main(params):
         with replaced_together(OUT_DIR, METRICS, TIMING, CURVES) as (out, metrics_file, timing_file, curves):
             strategies.save_adapted(plan.model, strategy, tokenizer, out)
             write_json(metrics_file, {"strategy": strategy, **results})
-            write_json(timing_file, timing)
+            write_json(timing_file, {**timing, "machine": machine.describe()})
             (CHECKPOINTS / "curves").rename(curves)
     checkpointing.finish(CHECKPOINTS)
     print(f"peft ({strategy}): val macro-F1 {results['val_macro_f1']:.4f}, "

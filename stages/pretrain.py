@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from transfer import modeling, pooling, strategies
+from transfer import machine, modeling, pooling, strategies
 from transfer.data import dataset, vocabulary
 from transfer.outputs import replaced_together, write_json
 from transfer.training import checkpointing, launcher
@@ -74,7 +74,7 @@ def main(params):
                 "mlm_loss_before": loss_before, "mlm_loss_after": loss_after,
                 "perplexity_before": math.exp(loss_before), "perplexity_after": math.exp(loss_after),
                 "vocabulary": added})
-            write_json(timing_file, {"train_seconds": round(train_seconds, 1)})
+            write_json(timing_file, {"train_seconds": round(train_seconds, 1), "machine": machine.describe()})
             (CHECKPOINTS / "curves").rename(curves)
     checkpointing.finish(CHECKPOINTS)
     if added["added_tokens"]:

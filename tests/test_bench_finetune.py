@@ -28,3 +28,39 @@ def test_the_pipelines_f1_is_compared_seed_by_seed_on_the_split_asked_for():
     val, test = f1_against_others(runs, "val_macro_f1", ""), f1_against_others(runs, "test_macro_f1", "test_")
     assert val == {"f1_vs_naive": -0.015, "f1_vs_trainer": 0.15, "pipeline_f1_at_least_naive_seeds": 1}
     assert test == {"test_f1_vs_naive": 0.0, "test_f1_vs_trainer": 0.1, "pipeline_test_f1_at_least_naive_seeds": 1}
+
+
+def test_the_step_clock_counts_training_steps_alone():
+    """Forward, backward and the update count; what runs between steps (data loading) and evaluation do not."""
+    import time
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from bench.throughput import FlopCounter, StepClock
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=64, num_labels=2))
+    counter, clock = FlopCounter(model), StepClock(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = {"input_ids": torch.randint(0, 100, (4, 16)), "labels": torch.tensor([0, 1, 0, 1])}
+    started = time.perf_counter()
+    for _ in range(3):
+        time.sleep(0.2)  # loading the next batch
+        model.train()
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        model.eval()
+        with torch.no_grad():
+            model(**batch)  # an evaluation pass
+        time.sleep(0.2)  # ... and a checkpoint
+    seconds = time.perf_counter() - started
+    report = clock.report(counter, seconds)
+    assert report["steps"] == 3 and 0 < clock.seconds < seconds - 1.2
+    assert report["step_share"] == round(clock.seconds / seconds, 3) < 0.5
+    assert report["useful_gflops_in_steps"] == round(counter.useful / clock.seconds / 1e9, 1)
+    assert counter.useful > 0
+    optimizer.step()  # the clock's optimizer hook is gone after the report
+    assert clock.steps == 3

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from stages import evaluate, export, peft, pretrain
-from transfer import strategies
+from transfer import machine, strategies
 from transfer.training import masked_lm
 from tests.conftest import metrics, toy_texts
 
@@ -42,7 +42,9 @@ def test_finetune_learns_the_toy_task(workdir):
     result = metrics(folder, "finetune")
     assert result["val_accuracy"] >= 0.9
     assert result["trainable_fraction"] == 1.0
-    assert 0 < result["epochs_run"] <= 6 and metrics(folder, "timing/finetune")["train_seconds"] > 0
+    timing = metrics(folder, "timing/finetune")
+    assert 0 < result["epochs_run"] <= 6 and timing["train_seconds"] > 0
+    assert timing["machine"] == machine.describe(), "the seconds name the machine that measured them"
     assert (folder / "models/finetuned/model.safetensors").is_file()
     assert not (folder / "checkpoints/finetune").exists(), "checkpoints are dropped after success"
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transfer.machine import cpu_flags
+
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_quantized.onnx"
 EMBEDDING_BLOCK = 32  # values per scale of a 4-bit word-embedding table (bench/int8_embeddings.md)
@@ -59,12 +61,6 @@ def export_onnx_traced(model, tokenizer, out_dir):
 
 FUSABLE = {name: "bert" for name in ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert",
                                      "albert", "mpnet")}  # model types ORT's optimizer fuses with its BERT recipe
-
-
-def cpu_flags():
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    return set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
 
 
 def int8_kind(kind="auto"):

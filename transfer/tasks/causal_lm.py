@@ -8,6 +8,7 @@ import math
 import time
 from pathlib import Path
 
+from transfer import machine
 from transfer.schema import UserError
 
 TASK = "causal-lm"
@@ -309,7 +310,7 @@ def train_and_save(stage, model, tokenizer, texts, validation, params, steps, le
             write_json(metrics_file, {**(facts or {}), "steps": steps, "train_texts": len(texts),
                                       "trainable_params": trainable, "val_perplexity_before": before,
                                       "val_perplexity": after})
-            write_json(timing_file, {"train_seconds": round(seconds, 1)})
+            write_json(timing_file, {"train_seconds": round(seconds, 1), "machine": machine.describe()})
             if (checkpoints / "curves").is_dir():
                 (checkpoints / "curves").rename(curves_dir)
             else:

@@ -7,6 +7,7 @@ import random
 import re
 from pathlib import Path
 
+from transfer import machine
 from transfer.schema import UserError
 
 TASK = "token-classification"
@@ -403,7 +404,7 @@ def train_and_save(stage, model, tokenizer, parts, params, epochs, learning_rate
                                       "trainable_params": trainable,
                                       "total_params": sum(p.numel() for p in model.parameters()),
                                       "val_entity_f1": val_f1})
-            write_json(timing_file, {"train_seconds": round(seconds, 1)})
+            write_json(timing_file, {"train_seconds": round(seconds, 1), "machine": machine.describe()})
             (checkpoints / "curves").rename(curves_dir)
     checkpointing.finish(checkpoints)
     print(f"{stage}: validation entity F1 {val_f1:.4f}")

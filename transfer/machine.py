@@ -1,0 +1,41 @@
+"""The machine a stage ran on, in words: written beside its seconds and latencies (metrics/timing/*.json), since
+timings compare only on the same hardware. `dvc metrics diff` and `dvc exp show` then show a change of machine beside
+the change of seconds it explains."""
+import os
+import platform
+import sys
+from pathlib import Path
+
+
+def cpu_info():
+    info = Path("/proc/cpuinfo")
+    return info.read_text().splitlines() if info.exists() else []
+
+
+def cpu_flags():
+    return set(next((line.split(":", 1)[1].split() for line in cpu_info() if line.startswith("flags")), []))
+
+
+def cpu_kind(flags):
+    """The widest vector instructions of this CPU that the kernels care about: VNNI makes int8 inference 2-3x faster
+    than AVX2 alone (bench/inference.md), AVX-512 the fp32 matmuls."""
+    if "avx512_vnni" in flags:
+        return "AVX-512 VNNI"
+    if "avx512f" in flags:
+        return "AVX-512"
+    if "avx2" in flags:
+        return "AVX2"
+    return platform.machine() or "unknown"
+
+
+def describe():
+    """e.g. 'AMD EPYC (AVX2, 2 cores)', or with the GPUs a training process sees before it: 'NVIDIA H100 80GB HBM3,
+    AMD EPYC (AVX-512 VNNI, 16 cores)'. The GPUs are looked up only where the stage has imported torch."""
+    name = next((line.split(":", 1)[1].strip() for line in cpu_info() if line.startswith("model name")), "")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    described = f"{name or platform.processor() or 'CPU'} ({cpu_kind(cpu_flags())}, {cores} cores)"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        described = f"{torch.cuda.get_device_name()}{f' x{count}' if count > 1 else ''}, {described}"
+    return described
