@@ -4,8 +4,8 @@ Every transformer the run trains is compared with it (evaluate, the model card, 
 import time
 from pathlib import Path
 
-from transfer.baselines import tfidf
 from transfer import machine
+from transfer.baselines import tfidf
 from transfer.config import run_stage
 from transfer.data import dataset
 from transfer.outputs import replaced_together, write_json
