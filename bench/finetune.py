@@ -287,13 +287,12 @@ def markdown(r):
                          f"{s['val_rows']} val, {s['test_rows']} test) | {method} | {run['seconds']} | "
                          f"{run['step_seconds']} ({run['step_share']:.0%}) | {run['samples_per_second']} | "
                          f"{run['tokens_per_second']} | {run['tokens'] / run['padded_tokens']:.0%} | "
-                         f"{run['mfu']:.0%} | "
-                         f"{run['mfu_in_steps']:.0%} | {run['peak_rss_mb']} | "
+                         f"{run['mfu']:.0%} | {run['mfu_in_steps']:.0%} | {run['peak_rss_mb']} | "
                          f"{by_seed(run, 'val_macro_f1')} | {by_seed(run, 'test_macro_f1')} |")
     seeds = len(r["seeds"])
     lines += [""] + [f"{shape}: pipeline{schedule(s)} {s['speedup_vs_naive']}× the naive loop, "
-                     f"{s['speedup_vs_trainer']}× the "
-                     f"run_glue-style Trainer; MFU {s['mfu']:.0%} of the measured peak over the whole run, "
+                     f"{s['speedup_vs_trainer']}× the run_glue-style Trainer; MFU {s['mfu']:.0%} of the measured "
+                     f"peak over the whole run, "
                      f"{s['mfu_in_steps']:.0%} within its training steps. Mean macro-F1 against the "
                      f"naive loop's: test {s['test_f1_vs_naive']:+} (at least its F1 with "
                      f"{s['pipeline_test_f1_at_least_naive_seeds']} of {seeds} seeds), val {s['f1_vs_naive']:+} "

@@ -23,7 +23,7 @@ import torch
 from torch.utils import benchmark
 
 from bench.finetune import SHAPES, rows, run_naive, run_pipeline
-from bench.throughput import ROOT, FlopCounter, ratio
+from bench.throughput import ROOT, FlopCounter, ratio, with_mfu
 from transfer import modeling
 from transfer.config import load_params
 from transfer.outputs import write_json
@@ -110,8 +110,8 @@ def main():
             runs = {}
             for method in ("naive", "pipeline"):
                 model = None  # the last run's model leaves the GPU before this one's peak memory counts
-                runs[method], model = trained(method, shape, source, tokenizer, args)
-                runs[method]["mfu"] = round(runs[method]["useful_gflops"] / 1e3 / peak, 4)
+                run, model = trained(method, shape, source, tokenizer, args)
+                runs[method] = with_mfu(run, peak * 1e3)  # the peak in TFLOP/s, the run's rate in GFLOP/s
             result["shapes"][shape] = {"train_rows": getattr(args, f"{shape}_train"), "max_length": SHAPES[shape],
                                        "runs": runs, "speedup_vs_naive": ratio(runs["pipeline"]["samples_per_second"],
                                                                                runs["naive"]["samples_per_second"])}

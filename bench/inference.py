@@ -24,7 +24,7 @@ import torch
 import yaml
 from torch.utils import benchmark
 
-from transfer import modeling
+from transfer import machine, modeling
 from transfer.data import dataset
 from transfer.export import onnx_model
 from transfer.outputs import write_json
@@ -35,11 +35,8 @@ RESULTS, TABLE = ROOT / "bench/results/inference.json", ROOT / "bench/inference.
 
 
 def cpu():
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = onnx_model.cpu_flags()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                platform.processor())
-    return {"name": name, "machine": platform.machine(), "threads": torch.get_num_threads(),
+    flags = machine.cpu_flags()
+    return {"name": machine.cpu_name(), "machine": platform.machine(), "threads": torch.get_num_threads(),
             "avx2": "avx2" in flags, "avx512f": "avx512f" in flags, "avx512_vnni": "avx512_vnni" in flags,
             "amx_int8": "amx_int8" in flags, "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
 

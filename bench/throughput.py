@@ -56,7 +56,8 @@ def best_peak(*peaks):
 
 def with_mfu(run, peak_gflops):
     """The run's MFU over its whole seconds, and over its training steps' alone where it clocked them (StepClock)."""
-    steps = {"mfu_in_steps": round(run["useful_gflops_in_steps"] / peak_gflops, 3)} if "step_seconds" in run else {}
+    steps = ({"mfu_in_steps": round(run["useful_gflops_in_steps"] / peak_gflops, 3)}
+             if "useful_gflops_in_steps" in run else {})
     return {**run, "mfu": round(run["useful_gflops"] / peak_gflops, 3), **steps}
 
 

@@ -12,6 +12,11 @@ def cpu_info():
     return info.read_text().splitlines() if info.exists() else []
 
 
+def cpu_name():
+    return next((line.split(":", 1)[1].strip() for line in cpu_info() if line.startswith("model name")),
+                platform.processor())
+
+
 def cpu_flags():
     return set(next((line.split(":", 1)[1].split() for line in cpu_info() if line.startswith("flags")), []))
 
@@ -31,9 +36,8 @@ def cpu_kind(flags):
 def describe():
     """e.g. 'AMD EPYC (AVX2, 2 cores)', or with the GPUs a training process sees before it: 'NVIDIA H100 80GB HBM3,
     AMD EPYC (AVX-512 VNNI, 16 cores)'. The GPUs are looked up only where the stage has imported torch."""
-    name = next((line.split(":", 1)[1].strip() for line in cpu_info() if line.startswith("model name")), "")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    described = f"{name or platform.processor() or 'CPU'} ({cpu_kind(cpu_flags())}, {cores} cores)"
+    described = f"{cpu_name() or 'CPU'} ({cpu_kind(cpu_flags())}, {cores} cores)"
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         count = torch.cuda.device_count()
