@@ -238,18 +238,21 @@ def test_gradient_clipping_bounds_the_norm(tiny_bert, tmp_path):
     assert applied.norms == pytest.approx([0.05] * len(applied.norms), rel=1e-3)  # ... and got exactly the bound
 
 
-@pytest.mark.parametrize("schedule", ["linear", "constant_with_warmup", "cosine"])
+@pytest.mark.parametrize("schedule", ["linear", "constant_with_warmup", "cosine", "warmup_stable_decay"])
 def test_the_learning_rate_follows_train_lr_scheduler_after_the_warm_up(tiny_bert, tmp_path, schedule):
     """train.lr_scheduler reaches the Trainer: the rate climbs over the warm-up's 5 of 20 steps to the peak, then
-    decays to zero (linear: evenly; cosine: slowly at first) or holds (constant_with_warmup)."""
+    decays to zero (linear: evenly; cosine: slowly at first), holds (constant_with_warmup), or holds and then decays
+    over the last train.decay_ratio of the steps (warmup_stable_decay: 0.3 of 20 = the last 6)."""
     spy = Spy()
-    train(tiny_bert, classifier(tiny_bert), toy_params(lr_scheduler=schedule, warmup_ratio=0.25, logging_steps=1),
-          tmp_path, learning_rate=1e-3, callbacks=[spy])
+    params = toy_params(lr_scheduler=schedule, warmup_ratio=0.25, decay_ratio=0.3, logging_steps=1)
+    train(tiny_bert, classifier(tiny_bert), params, tmp_path, learning_rate=1e-3, callbacks=[spy])
     assert len(spy.learning_rates) == 160 // 8
     assert spy.learning_rates[:6] == pytest.approx([0.0, 2e-4, 4e-4, 6e-4, 8e-4, 1e-3])  # the warm-up, then the peak
     after = [rate / 1e-3 for rate in spy.learning_rates[6:]]  # the 14 steps after, as fractions of the peak
     if schedule == "constant_with_warmup":
         assert after == pytest.approx([1.0] * 14)
+    elif schedule == "warmup_stable_decay":
+        assert after == pytest.approx([1.0] * 8 + [1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
     else:
         assert after == sorted(after, reverse=True) and after[-1] < 0.1
         expected = 1 - 3 / 15 if schedule == "linear" else (1 + math.cos(math.pi * 3 / 15)) / 2

@@ -22,7 +22,7 @@ INT8_KINDS = ("auto", "avx512_vnni", "avx2", "arm64")  # the int8 kernels to qua
 TRUNCATION = ("head", "tail", "head_tail")
 POOLING = ("auto", "cls", "mean")  # what transfer/pooling.py makes of each
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-LR_SCHEDULERS = ("linear", "cosine", "constant_with_warmup")  # transformers' names (lr_scheduler_type)
+LR_SCHEDULERS = ("linear", "cosine", "constant_with_warmup", "warmup_stable_decay")  # transformers' names (lr_scheduler_type)
 PROMPTS = (list, lambda v: bool(v) and all(isinstance(p, str) and p.strip() for p in v),
            "a non-empty list of non-empty strings")  # what transfer/training/compute.py makes of each
 
@@ -79,6 +79,7 @@ SCHEMA = {
         "weight_decay": number(float, 0.0),
         "warmup_ratio": FRACTION,
         "lr_scheduler": choice(*LR_SCHEDULERS),
+        "decay_ratio": FRACTION,
         "max_grad_norm": number(float, 0.0, low_open=True),
         "early_stopping_patience": POSITIVE_INT,
         "early_stopping_start": FRACTION,

@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 import torch
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, get_scheduler
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from transfer.data.dataset import to_dataset
@@ -87,6 +87,21 @@ class ResumableTrainer(Trainer):
         loss = loss / (num_items_in_batch if num_items_in_batch is not None else len(labels))
         loss = across_processes(loss, self, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        """warmup_stable_decay with its decay given as a share of the run's steps (params train.decay_ratio), where
+        transformers takes a count of steps: the same params then fit a run of any length."""
+        kwargs = dict(self.args.lr_scheduler_kwargs or {})
+        if self.lr_scheduler is None and "decay_ratio" in kwargs:
+            warmup_steps = self.args.get_warmup_steps(num_training_steps)
+            decay_steps = max(1, min(round(kwargs.pop("decay_ratio") * num_training_steps),
+                                     num_training_steps - warmup_steps))  # the warm-up comes first
+            self.lr_scheduler = get_scheduler(
+                self.args.lr_scheduler_type, optimizer=self.optimizer if optimizer is None else optimizer,
+                num_warmup_steps=warmup_steps, num_training_steps=num_training_steps,
+                scheduler_specific_kwargs={"num_decay_steps": decay_steps, "decay_type": "linear", **kwargs})
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def _get_eval_sampler(self, eval_dataset):
         """Evaluation in batches of the longest rows first down to the shortest: the fewest padded tokens. With
@@ -180,6 +195,13 @@ def training_seed(params):
     return params["seed"] if seed is None else seed
 
 
+def scheduler_options(train_cfg):
+    """lr_scheduler_kwargs: warmup_stable_decay's decay share (ResumableTrainer.create_scheduler makes it steps)."""
+    if train_cfg["lr_scheduler"] == "warmup_stable_decay":
+        return {"decay_ratio": train_cfg["decay_ratio"]}
+    return {}
+
+
 def training_arguments(output_dir, train_cfg, compute, epochs, learning_rate, seed):
     from transformers import TrainingArguments
 
@@ -189,7 +211,8 @@ def training_arguments(output_dir, train_cfg, compute, epochs, learning_rate, se
         per_device_eval_batch_size=train_cfg["eval_batch_size"],
         gradient_accumulation_steps=train_cfg["gradient_accumulation_steps"],
         weight_decay=train_cfg["weight_decay"], warmup_ratio=train_cfg["warmup_ratio"],
-        lr_scheduler_type=train_cfg["lr_scheduler"], max_grad_norm=train_cfg["max_grad_norm"],
+        lr_scheduler_type=train_cfg["lr_scheduler"], lr_scheduler_kwargs=scheduler_options(train_cfg),
+        max_grad_norm=train_cfg["max_grad_norm"],
         group_by_length=train_cfg["group_by_length"],
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, load_best_model_at_end=True,
         metric_for_best_model="macro_f1", greater_is_better=True, save_safetensors=True,
