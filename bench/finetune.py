@@ -161,6 +161,8 @@ def one(args):
               "val_macro_f1": round(f1, 4)}
     if pipeline:
         report["lr_scheduler"] = args.lr_scheduler or train_cfg["lr_scheduler"]
+        if report["lr_scheduler"] == "warmup_stable_decay":
+            report["decay_ratio"] = train_cfg["decay_ratio"]
     if args.test:  # bench.cpu_allocator times these runs alone: --test 0
         truncation = train_cfg["truncation"] if pipeline else "head"
         test_f1 = test_macro_f1(model, tokenizer, parts["test"], SHAPES[args.shape], truncation)
