@@ -22,7 +22,8 @@ INT8_KINDS = ("auto", "avx512_vnni", "avx2", "arm64")  # the int8 kernels to qua
 TRUNCATION = ("head", "tail", "head_tail")
 POOLING = ("auto", "cls", "mean")  # what transfer/pooling.py makes of each
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-LR_SCHEDULERS = ("linear", "cosine", "constant_with_warmup", "warmup_stable_decay")  # transformers' names (lr_scheduler_type)
+# transformers' names (lr_scheduler_type); warmup_stable_decay takes train.decay_ratio (transfer/training/classifier.py)
+LR_SCHEDULERS = ("linear", "cosine", "constant_with_warmup", "warmup_stable_decay")
 PROMPTS = (list, lambda v: bool(v) and all(isinstance(p, str) and p.strip() for p in v),
            "a non-empty list of non-empty strings")  # what transfer/training/compute.py makes of each
 
