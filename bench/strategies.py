@@ -5,6 +5,7 @@
     python bench/strategies.py --strategies lora,frozen --name quick
     python bench/strategies.py --strategies frozen --update    # re-measure one row of bench/results/strategies.json
     python bench/strategies.py --seeds 42,43,44     # each strategy over 3 seeds: mean, 95% interval, significance
+    python bench/strategies.py --strategies lora --seeds 42,43,44 --lr-scheduler warmup_stable_decay --name lora_wsd
     python bench/strategies.py --readme             # README.md's table rewritten from bench/results/strategies.json
 
 Over several seeds a row holds each run, the mean test macro-F1 with its 95% t-interval, and Welch's t-test of the
@@ -30,7 +31,7 @@ import torch  # noqa: E402
 
 from bench.inference import cpu  # noqa: E402
 from transfer import modeling, strategies  # noqa: E402
-from transfer.config import load_params  # noqa: E402
+from transfer.config import LR_SCHEDULERS, load_params  # noqa: E402
 from transfer.data import dataset  # noqa: E402
 from transfer.evaluation import intervals  # noqa: E402
 from transfer.tasks.classification import classification_report  # noqa: E402
@@ -190,6 +191,7 @@ def main():
                         help="train scratch on this many labels instead (the low-resource comparison)")
     parser.add_argument("--epochs", type=int, default=None, help="override finetune.epochs and peft.epochs")
     parser.add_argument("--evals-per-epoch", type=int, default=None, help="override train.evals_per_epoch")
+    parser.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, help="override train.lr_scheduler")
     parser.add_argument("--seeds", default=None,
                         help="comma-separated seeds, each strategy trained once per seed (default: params.yaml's)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), help="compute.precision of every run "
@@ -212,6 +214,8 @@ def main():
         params["finetune"]["epochs"] = params["peft"]["epochs"] = args.epochs
     if args.evals_per_epoch:
         params["train"]["evals_per_epoch"] = args.evals_per_epoch
+    if args.lr_scheduler:
+        params["train"]["lr_scheduler"] = args.lr_scheduler
     parts, names = dataset.load_prepared(ROOT / "data/prepared")
     tokenizer = modeling.load_tokenizer(PRETRAINED)
     rows = args.max_train or len(parts["train"])
@@ -238,6 +242,8 @@ def main():
         out.write_text(json.dumps({"device": str(modeling.pick_device()), "cpu": chip,
                                    "precision": precision, "evals_per_epoch": params["train"]["evals_per_epoch"],
                                    "early_stopping_start": params["train"]["early_stopping_start"],
+                                   "lr_scheduler": params["train"]["lr_scheduler"],
+                                   "decay_ratio": params["train"]["decay_ratio"],
                                    "torch_threads": torch.get_num_threads(),
                                    "commands": commands, "results": results}, indent=2) + "\n")
     title = (f"{len(results)} strategies, {rows} training labels, {params['peft']['epochs']} epochs, "
