@@ -91,15 +91,15 @@ class ResumableTrainer(Trainer):
     def create_scheduler(self, num_training_steps, optimizer=None):
         """warmup_stable_decay with its decay given as a share of the run's steps (params train.decay_ratio), where
         transformers takes a count of steps: the same params then fit a run of any length."""
-        kwargs = dict(self.args.lr_scheduler_kwargs or {})
-        if self.lr_scheduler is None and "decay_ratio" in kwargs:
+        decay_ratio = (self.args.lr_scheduler_kwargs or {}).get("decay_ratio")
+        if self.lr_scheduler is None and decay_ratio is not None:
             warmup_steps = self.args.get_warmup_steps(num_training_steps)
-            decay_steps = max(1, min(round(kwargs.pop("decay_ratio") * num_training_steps),
+            decay_steps = max(1, min(round(decay_ratio * num_training_steps),
                                      num_training_steps - warmup_steps))  # the warm-up comes first
             self.lr_scheduler = get_scheduler(
                 self.args.lr_scheduler_type, optimizer=self.optimizer if optimizer is None else optimizer,
                 num_warmup_steps=warmup_steps, num_training_steps=num_training_steps,
-                scheduler_specific_kwargs={"num_decay_steps": decay_steps, "decay_type": "linear", **kwargs})
+                scheduler_specific_kwargs={"num_decay_steps": decay_steps, "decay_type": "linear"})
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)
 
