@@ -36,7 +36,8 @@ RESULTS, TABLE = ROOT / "bench/results/inference.json", ROOT / "bench/inference.
 
 def cpu():
     flags = machine.cpu_flags()
-    return {"name": machine.cpu_name(), "machine": platform.machine(), "threads": torch.get_num_threads(),
+    return {"name": machine.cpu_name(), "generation": machine.cpu_model(),  # two EPYCs here were both "AMD EPYC"
+            "machine": platform.machine(), "threads": torch.get_num_threads(),
             "avx2": "avx2" in flags, "avx512f": "avx512f" in flags, "avx512_vnni": "avx512_vnni" in flags,
             "amx_int8": "amx_int8" in flags, "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
 
@@ -221,7 +222,8 @@ def main():
               "int8_gemm_speedup": gemms["int8_gemm_speedup"], "gemm": gemms, "latency": timings,
               "embedding_bits": args.embedding_bits,
               "command": f"python -m bench.inference --texts {args.texts}" + (
-                  "" if args.compare_smoothing == COMPARE_SMOOTHING else f" --compare-smoothing {args.compare_smoothing}")}
+                  "" if args.compare_smoothing == COMPARE_SMOOTHING else f" --compare-smoothing {args.compare_smoothing}")
+              + ("" if args.seconds == 2.0 else f" --seconds {args.seconds:g}")}
     result["other_cpus"] = earlier_runs_on_other_cpus(kind)
     write_json(RESULTS, result, exact=True)
     TABLE.write_text("\n".join(markdown(run) for run in [result, *result["other_cpus"].values()]))
@@ -242,7 +244,8 @@ def markdown(r):
     c = r["cpu"]
     names = ["pytorch_fp32", *(["pytorch_fp32_onednn"] if "pytorch_fp32_onednn" in r["latency"]["b1_128"] else []),
              *r["size_mb"]]
-    lines = [f"`{r['command']}` on {c['name']} ({c['machine']}, {c['threads']} threads, AVX-512 VNNI: "
+    generation = f"{c['generation']}, " if c.get("generation") else ""
+    lines = [f"`{r['command']}` on {c['name']} ({generation}{c['machine']}, {c['threads']} threads, AVX-512 VNNI: "
              f"{'yes' if c['avx512_vnni'] else 'no'}), torch {r['torch']}, model `{r['model']}`. Median ms per "
              "call (interquartile range); real = the test reviews tokenized up to 256 tokens, dynamic padding. Accuracy on "
              "the test texts; logit error: root-mean-square distance of the logits from onnx_fp32's on the "

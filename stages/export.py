@@ -13,7 +13,7 @@ from transfer.config import run_stage
 from transfer.data import dataset
 from transfer.evaluation import leaderboard, quality
 from transfer.export import onnx_model
-from transfer.export.card import concerns, model_card, settled_by_vocabulary
+from transfer.export.card import concerns, int8_speed_note, model_card, settled_by_vocabulary
 from transfer.outputs import read_json, replaced_together, write_json
 from transfer.tasks.classification import classification_report
 
@@ -150,6 +150,8 @@ def main(params):
     runner_up, lead = leaderboard.margin(board, exported)
     print(f"export: {summary['model']} ({exported}; export.source: {cfg['source']}), validation macro-F1 "
           f"{board[exported]['val_macro_f1']:.4f}, {lead:+.4f} against {board[runner_up]['model']}; files in {OUT_DIR}/")
+    if exported != "baseline" and int8_speed_note(timing):
+        print(f"export: {int8_speed_note(timing).strip()}")
     quality.announce(summary["warnings"], "export")
     found = concerns(exported, data_metrics, evaluate_metrics) + summary["warnings"]
     if found:

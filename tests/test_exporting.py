@@ -164,3 +164,14 @@ def test_smoothed_int8_of_the_bert_keeps_its_predictions(exported, tmp_path):
     assert np.abs(int8 - fp32).max() < 0.05
     clear = np.abs(fp32[:, 0] - fp32[:, 1]) > 0.1
     assert clear.any() and (fp32.argmax(1) == int8.argmax(1))[clear].all()
+
+
+def test_where_int8_is_no_faster_than_onnx_fp32_the_card_says_to_serve_fp32():
+    from transfer.export.card import int8_speed_note
+
+    def timing(onnx_fp32, onnx_int8):
+        return {"latency_ms": {"batch32": {"pytorch_fp32": 1513.7, "onnx_fp32": onnx_fp32, "onnx_int8": onnx_int8}}}
+    note = int8_speed_note(timing(1545.6, 1527.9))  # an AVX2 EPYC of family 23 model 1 (bench/inference_family23_model1.md)
+    assert "int8 ran 1.01x ONNX fp32 at batch 32" in note and "--precision fp32" in note
+    assert int8_speed_note(timing(1500.0, 1600.0)).startswith("On this machine int8 ran 0.94x")
+    assert int8_speed_note(timing(636.3, 457.6)) is None  # a later AVX2 EPYC: 1.39x

@@ -18,6 +18,27 @@ def test_the_description_names_the_cpu_kind_and_cores(monkeypatch):
     assert machine.describe() == "Test CPU 9000 (AVX2, 3 cores)"
 
 
+def test_a_cpu_named_without_a_model_number_gets_its_family_and_model(monkeypatch):
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    described = {}
+    for model in ("1", "49"):  # two EPYC generations a hypervisor names alike
+        monkeypatch.setattr(machine, "cpu_info", lambda model=model: [
+            "processor\t: 0", "cpu family\t: 23", f"model\t\t: {model}", "model name\t: AMD EPYC",
+            "flags\t\t: avx2 fma"])
+        described[model] = machine.describe()
+    assert described == {"1": "AMD EPYC (family 23 model 1, AVX2, 2 cores)",
+                         "49": "AMD EPYC (family 23 model 49, AVX2, 2 cores)"}
+
+
+def test_a_cpu_without_family_and_model_lines_is_described_by_its_name(monkeypatch):
+    monkeypatch.setattr(machine, "cpu_info", lambda: ["model name\t: Some CPU", "flags\t\t: avx2"])
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    assert machine.cpu_model() is None
+    assert machine.describe() == "Some CPU (AVX2, 1 cores)"
+
+
 def test_a_visible_gpu_comes_first(monkeypatch):
     cuda = types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 2,
                                  get_device_name=lambda: "NVIDIA H100 80GB HBM3")

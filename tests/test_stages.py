@@ -143,6 +143,10 @@ def test_model_card_quotes_the_runs_own_numbers(workdir):
     for name, scores in evaluated["peft"]["per_class"].items():
         assert f"| {name} | {scores['precision']:.4f} | {scores['recall']:.4f} | {scores['f1']:.4f} |" in card
     assert "lora:\n  learning_rate:" in card and "ia3:" not in card, "the params of the strategy that ran"
+    batch32 = metrics(folder, "timing/export")["latency_ms"]["batch32"]
+    assert f"{batch32['onnx_int8']:.1f} ms vs\n{batch32['onnx_fp32']:.1f} ms and" in card
+    int8_paid = batch32["onnx_fp32"] / batch32["onnx_int8"] >= 1.1
+    assert ("it saves size here, not time" in card) != int8_paid, "the card says where int8 did not pay"
 
 
 def test_pretrain_disabled_passes_the_base_model_through(workdir, tiny_bert, tmp_path, monkeypatch):

@@ -84,9 +84,29 @@ int8 against fp32: the same label for {check["agreement"]:.1%} of the test texts
 {check["macro_f1_change"]:+.4f}, largest drop in one class's recall {max(check["recall_drop"].values()):+.4f}.
 
 Latency per call ({export_timing["latency_seq_length"]} tokens, on the machine that ran the pipeline):
-batch 1 {latency["batch1"]["onnx_int8"]:.1f} ms int8 vs {latency["batch1"]["pytorch_fp32"]:.1f} ms PyTorch;
-batch 32 {latency["batch32"]["onnx_int8"]:.1f} ms vs {latency["batch32"]["pytorch_fp32"]:.1f} ms.
-"""
+batch 1 {latency["batch1"]["onnx_int8"]:.1f} ms int8 vs {latency["batch1"]["onnx_fp32"]:.1f} ms ONNX fp32 and
+{latency["batch1"]["pytorch_fp32"]:.1f} ms PyTorch; batch 32 {latency["batch32"]["onnx_int8"]:.1f} ms vs
+{latency["batch32"]["onnx_fp32"]:.1f} ms and {latency["batch32"]["pytorch_fp32"]:.1f} ms.
+{int8_speed_note(export_timing) or ""}"""
+
+
+INT8_PAYS = 1.1  # int8 over ONNX fp32 at batch 32 below this: the card and the export stage say so
+
+
+def int8_speed_note(export_timing):
+    """Where the int8 model ran less than 1.1x ONNX fp32 at batch 32 on the machine that exported it, a sentence
+    that says so and what to serve instead; else None. On an AMD EPYC of family 23 model 1 (AVX2 alone) int8 ran
+    1.01x ONNX fp32 at batch 32 x 128 tokens and at batch 1: its int8 multiplies are no faster than fp32
+    ones there (bench/inference_family23_model1.md; an AVX2 EPYC of a later generation ran it 1.4x, one with VNNI
+    2.3x: bench/inference.md)."""
+    latency = export_timing["latency_ms"]["batch32"]
+    speedup = latency["onnx_fp32"] / latency["onnx_int8"]
+    if speedup >= INT8_PAYS:
+        return None
+    return (f"On this machine int8 ran {speedup:.2f}x ONNX fp32 at batch 32: it saves size here, not time (a CPU "
+            "whose int8 multiplies are no faster than its fp32 ones, such as the first EPYC generation, gains "
+            "nothing). Where speed counts, serve `model.onnx` (`python -m stages.predict --precision fp32`) or time "
+            "int8 on the CPU that will serve it (one with AVX-512 VNNI ran it 2.3x ONNX fp32).\n")
 
 
 def _baseline_files(params, export_metrics, export_timing):
