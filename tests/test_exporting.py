@@ -171,7 +171,7 @@ def test_where_int8_is_no_faster_than_onnx_fp32_the_card_says_to_serve_fp32():
 
     def timing(onnx_fp32, onnx_int8):
         return {"latency_ms": {"batch32": {"pytorch_fp32": 1513.7, "onnx_fp32": onnx_fp32, "onnx_int8": onnx_int8}}}
-    note = int8_speed_note(timing(1545.6, 1527.9))  # an AVX2 EPYC of family 23 model 1 (bench/inference_family23_model1.md)
+    note = int8_speed_note(timing(1545.6, 1527.9))  # an AVX2 EPYC of family 23 model 1
     assert "int8 ran 1.01x ONNX fp32 at batch 32" in note and "--precision fp32" in note
     assert int8_speed_note(timing(1500.0, 1600.0)).startswith("On this machine int8 ran 0.94x")
     assert int8_speed_note(timing(636.3, 457.6)) is None  # a later AVX2 EPYC: 1.39x

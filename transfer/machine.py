@@ -19,8 +19,8 @@ def cpu_name():
 
 def cpu_model():
     """'family 23 model 1': which generation of x86 CPU this is, where /proc/cpuinfo says (else None). A virtual
-    machine's CPU is often named "AMD EPYC" alone, a name two EPYC generations here shared although the older one's
-    fp32 matmuls ran at half the other's speed (42 against 88 GFLOP/s a thread)."""
+    machine's CPU is often named "AMD EPYC" alone, a name two EPYC generations here shared although PyTorch's fp32
+    GEMM at the model's FFN shape ran at 69 GFLOP/s on the older and 175 on the other (bench/inference*.md)."""
     fields = {}
     for line in cpu_info():
         key, _, value = line.partition(":")
@@ -49,7 +49,7 @@ def cpu_kind(flags):
 
 def describe():
     """e.g. 'AMD EPYC 7B13 (AVX2, 2 cores)', or with the GPUs a training process sees before it: 'NVIDIA H100 80GB
-    HBM3, AMD EPYC (family 25 model 1, AVX-512 VNNI, 16 cores)'. A CPU name without a model number gets the x86
+    HBM3, AMD EPYC (family 25 model 17, AVX-512 VNNI, 16 cores)'. A CPU name without a model number gets the x86
     family and model, so that two generations under one name read apart. The GPUs are looked up only where the
     stage has imported torch."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
