@@ -150,8 +150,9 @@ def main(params):
     runner_up, lead = leaderboard.margin(board, exported)
     print(f"export: {summary['model']} ({exported}; export.source: {cfg['source']}), validation macro-F1 "
           f"{board[exported]['val_macro_f1']:.4f}, {lead:+.4f} against {board[runner_up]['model']}; files in {OUT_DIR}/")
-    if exported != "baseline" and int8_speed_note(timing):
-        print(f"export: {int8_speed_note(timing).strip()}")
+    int8_note = int8_speed_note(timing) if exported != "baseline" else None
+    if int8_note:
+        print(f"export: {int8_note.strip()}")
     quality.announce(summary["warnings"], "export")
     found = concerns(exported, data_metrics, evaluate_metrics) + summary["warnings"]
     if found:

@@ -12,27 +12,27 @@ def cpu_info():
     return info.read_text().splitlines() if info.exists() else []
 
 
+def cpu_field(key):
+    """The value of /proc/cpuinfo's first line named `key` (the whole name: "model" is not "model name"), else None."""
+    return next((value.strip() for name, _, value in (line.partition(":") for line in cpu_info())
+                 if name.strip() == key), None)
+
+
 def cpu_name():
-    return next((line.split(":", 1)[1].strip() for line in cpu_info() if line.startswith("model name")),
-                platform.processor())
+    name = cpu_field("model name")
+    return platform.processor() if name is None else name
 
 
 def cpu_model():
     """'family 23 model 1': which generation of x86 CPU this is, where /proc/cpuinfo says (else None). A virtual
     machine's CPU is often named "AMD EPYC" alone, a name two EPYC generations here shared although PyTorch's fp32
     GEMM at the model's FFN shape ran at 69 GFLOP/s on the older and 175 on the other (bench/inference*.md)."""
-    fields = {}
-    for line in cpu_info():
-        key, _, value = line.partition(":")
-        if key.strip() in ("cpu family", "model") and key.strip() not in fields:
-            fields[key.strip()] = value.strip()
-        if len(fields) == 2:
-            return f"family {fields['cpu family']} model {fields['model']}"
-    return None
+    family, model = cpu_field("cpu family"), cpu_field("model")
+    return None if family is None or model is None else f"family {family} model {model}"
 
 
 def cpu_flags():
-    return set(next((line.split(":", 1)[1].split() for line in cpu_info() if line.startswith("flags")), []))
+    return set((cpu_field("flags") or "").split())
 
 
 def cpu_kind(flags):
