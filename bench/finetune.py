@@ -273,7 +273,8 @@ def markdown(r):
     def by_seed(run, key):
         return f"{run[key]}; {' / '.join(map(str, run[f'{key}_by_seed']))}"
 
-    lines = [f"`{r['command']}` on {c['name']} ({c['machine']}, {c['threads']} threads, AVX-512 VNNI: "
+    generation = f"{c['generation']}, " if c.get("generation") else ""  # as bench.inference prints it
+    lines = [f"`{r['command']}` on {c['name']} ({generation}{c['machine']}, {c['threads']} threads, AVX-512 VNNI: "
              f"{'yes' if c['avx512_vnni'] else 'no'}), torch {r['torch']}; {r['epochs']} epoch(s), batch "
              f"{r['batch_size']}, lr {r['learning_rate']}, seeds {', '.join(map(str, r['seeds']))}. fp32 GEMM peak, "
              f"the best measured before and after the runs ({' and '.join(map(str, p['measured']))}): "

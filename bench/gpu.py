@@ -16,6 +16,7 @@ random weights: speed, MFU and memory are those of the real model, macro-F1 is n
 bench/results/gpu.json and bench/gpu.md.
 """
 import argparse
+import gc
 import tempfile
 import time
 
@@ -46,6 +47,8 @@ def trained(method, shape, source, tokenizer, args):
     if method == "naive":
         model.cuda()
         torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch's default, which a pipeline run before switched on
+    gc.collect()  # the run before's trainer and model hold each other: freed only by the cycle collector
+    torch.cuda.empty_cache()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()

@@ -24,7 +24,8 @@ def on(monkeypatch, machine):
     gpu = GPUS[machine]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu is not None)
     if gpu is not None:
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: gpu[0])
+        # as torch's: before Ampere bf16 counts as supported unless emulation is left out
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: gpu[0] or including_emulation)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: gpu[1])
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: f"NVIDIA {machine}")
 
@@ -125,6 +126,41 @@ def test_the_classifier_head_runs_under_the_autocast(tiny_bert, tmp_path, monkey
     train_classifier(model, load_tokenizer(str(tiny_bert)), parts, params, 1, 1e-3, tmp_path / "ckpt",
                      callbacks=[spy])
     assert spy.seen and {dtype for dtype, _ in spy.seen} == {torch.bfloat16}
+
+
+def test_after_training_in_bf16_the_model_runs_in_fp32_again(tiny_bert, tmp_path, monkeypatch):
+    """accelerate wraps model.forward in autocast for a bf16 run and the Trainer leaves the wrapper on: whatever ran
+    the model after training (compress's fp32 test figures and latency, the held-out loss after pretraining, the
+    perplexity after lm_finetune) ran in bf16 under an fp32 name."""
+    as_on_a_gpu(monkeypatch, ResumableTrainer)
+    as_on_a_gpu(monkeypatch, MaskedLMTrainer)
+    params = default_params()
+    params["compute"]["precision"] = "bf16"
+    params["train"].update(max_length=32, batch_size=8)
+    tokenizer = load_tokenizer(str(tiny_bert))
+    inputs = tokenizer(["a short text", "and another one"], padding=True, return_tensors="pt")
+    classifier = load_classifier(str(tiny_bert), NAMES)
+    encoder = load_encoder(str(tiny_bert), masked_lm=True)
+    spies = {"classifier": HeadDtypes(classifier.classifier),
+             "masked-LM": HeadDtypes(encoder.cls.predictions.transform.dense)}
+    monkeypatch.setattr(MaskedLMTrainer, "__init__", lambda self, *a, callbacks=(), **k: original_init(
+        self, *a, callbacks=[*callbacks, spies["masked-LM"]], **k))
+    train_classifier(classifier, tokenizer, toy_parts(train=16), params, 1, 1e-3, tmp_path / "ckpt",
+                     callbacks=[spies["classifier"]])
+    train_masked_lm(encoder, tokenizer, toy_texts(16)["review"].tolist(), {**params["pretrain"], "batch_size": 8,
+                    "max_length": 32}, params["compute"], 0, tmp_path / "mlm", max_steps=2, learning_rate=1e-3,
+                    save_every=100)
+    fresh = {"classifier": load_classifier(str(tiny_bert), NAMES),
+             "masked-LM": load_encoder(str(tiny_bert), masked_lm=True)}
+    for name, model in {"classifier": classifier, "masked-LM": encoder}.items():
+        spy = spies[name]
+        assert {dtype for dtype, _ in spy.seen} == {torch.bfloat16}, name  # it trained under the autocast
+        spy.seen, spy.training = [], True
+        with torch.no_grad():
+            logits = model.eval()(**inputs).logits
+            fresh[name].load_state_dict(model.state_dict())
+            assert torch.equal(logits, fresh[name].eval()(**inputs).logits), name
+        assert [dtype for dtype, _ in spy.seen] == [torch.float32], name
 
 
 def masked_batch(tiny_bert, rows=8, seed=0):

@@ -88,3 +88,25 @@ def test_training_moves_the_transitions_toward_the_tag_order_of_the_data():
     assert losses[-1] < 0.2 * losses[0]
     assert model.decode(emissions[:1], mask[:1]) == [[0, 1, 2, 2, 0]]
     assert model.transitions[1, 2] > model.transitions[1, 3], "B-X -> I-X learned over B-X -> B-Y"
+
+
+def test_the_tagger_hands_the_crf_its_scores_on_the_crfs_own_device(monkeypatch):
+    """On a GPU the CRF sits on the GPU while the Trainer's compute_metrics gets numpy arrays and predict_tags CPU
+    tensors: the tagger puts them on the CRF's device. Here the tagger is on 'meta', a device no CPU tensor is on."""
+    import numpy as np
+    from transformers import BertConfig, BertForTokenClassification
+
+    config = BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+                        id2label=dict(enumerate(NAMES)), label2id={name: i for i, name in enumerate(NAMES)})
+    tagger = crf.CRFTagger(BertForTokenClassification(config))
+    logits = np.random.default_rng(0).normal(size=(2, 6, len(NAMES))).astype(np.float32)
+    word_mask = np.array([[0, 1, 1, 0, 1, 0], [0, 1, 0, 1, 0, 0]], dtype=bool)
+    on_the_cpu = tagger.decode(logits, word_mask)
+    assert [len(path) for path in on_the_cpu] == [3, 2]
+    seen = []
+    monkeypatch.setattr(crf, "word_level", lambda scores, mask: seen.append((scores.device, mask.device)) or (
+        scores, mask, None))
+    monkeypatch.setattr(crf.CRF, "decode", lambda self, emissions, mask: [])
+    tagger.to("meta").decode(logits, word_mask)
+    tagger.decode(torch.as_tensor(logits), torch.as_tensor(word_mask))
+    assert seen == [(torch.device("meta"), torch.device("meta"))] * 2

@@ -12,6 +12,7 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from tests.conftest import ROOT, build_tiny_bert, default_params, tiny_params, toy_texts
@@ -146,6 +147,30 @@ def test_a_batch_that_does_not_split_among_the_processes_is_refused():
     params["launcher"]["processes"] = 3
     with pytest.raises(UserError, match=r"train.batch_size \(16\) must split evenly among launcher.processes \(3\)"):
         launcher.check(params)
+
+
+@pytest.mark.parametrize("task, section", [("causal-lm", "causal_lm"), ("token-classification", "token_classification")])
+def test_the_chosen_tasks_batch_must_split_among_the_processes_too(task, section):
+    """Its stages split their own batch_size as the classifier's do: 8 rows under 3 processes would train on 6."""
+    params = default_params()
+    params["launcher"]["processes"] = 2
+    params[section]["batch_size"] = 9
+    launcher.check(params)  # classification: the other task's batch is not used
+    params["task"] = task
+    with pytest.raises(UserError, match=rf"{section}.batch_size \(9\) must split evenly among launcher.processes "
+                                        r"\(2\)"):
+        launcher.check(params)
+
+
+def test_one_process_that_sees_several_gpus_trains_on_one(tmp_path, monkeypatch):
+    """Else the Trainer wraps the model in DataParallel and each step takes batch_size rows from every GPU."""
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=16, use_cpu=True)
+    monkeypatch.setitem(args.__dict__, "_setup_devices", torch.device("cuda", 0))  # a machine with 4 GPUs
+    args._n_gpu = 4
+    assert args.train_batch_size == 64  # as the Trainer would take it
+    assert launcher.one_device_per_process(args).train_batch_size == 16 and args.n_gpu == 1
 
 
 def test_more_processes_than_gpus_is_refused(monkeypatch):

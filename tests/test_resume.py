@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import ROOT, tiny_params, toy_texts
 from transfer.training import checkpointing
-from tests.test_pipeline import run, stages_run
+from tests.test_pipeline import run
 
 STEPS_PER_EPOCH = 20  # 160 training rows of the toy data, batches of 8
 EVERY = 3  # checkpoint steps: most checkpoints fall mid-epoch

@@ -66,7 +66,8 @@ class CRF(nn.Module):
             value, came_from = (best.unsqueeze(2) + transitions).max(dim=1)
             pointers.append(came_from)
             best = torch.where(mask[:, t].unsqueeze(1), value + emissions[:, t], best)
-        best = best + end
+        # the path is read back on the CPU: one copy, not a wait on the GPU for every word
+        best, pointers = (best + end).cpu(), (torch.stack(pointers).cpu() if pointers else None)
         paths = []
         for row, length in enumerate(mask.sum(1).tolist()):
             path = [int(best[row].argmax())] if length else []
@@ -119,7 +120,10 @@ class CRFTagger(nn.Module):
         return TokenClassifierOutput(loss=loss, logits=logits)
 
     def decode(self, logits, word_mask):
-        emissions, mask, _ = word_level(torch.as_tensor(logits), torch.as_tensor(word_mask))
+        """Tags from token scores (a tensor or the Trainer's numpy array, wherever they are), decoded on the CRF's
+        device."""
+        emissions, mask, _ = word_level(torch.as_tensor(logits, device=self.device),
+                                        torch.as_tensor(word_mask, device=self.device))
         return self.crf.decode(emissions, mask)
 
     def gradient_checkpointing_enable(self, **kwargs):  # compute.gradient_checkpointing: the Trainer calls it

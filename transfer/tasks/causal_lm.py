@@ -140,13 +140,13 @@ def train(model, tokenizer, texts, cfg, compute, seed, output_dir, steps, learni
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     from transfer.training.checkpointing import resume_point
-    from transfer.training.compute import cpu_kernels, training_arguments
-    from transfer.training.launcher import per_process, plain_cpu
+    from transfer.training.compute import cpu_kernels, own_forward, training_arguments
+    from transfer.training.launcher import one_device_per_process, per_process
     from transfer.training.tracking import LiveCurves, show_progress
 
     rows = Dataset.from_dict(dict(tokenizer(list(texts), truncation=True, max_length=cfg["max_length"],
                                             return_token_type_ids=False)))
-    args = plain_cpu(TrainingArguments(
+    args = one_device_per_process(TrainingArguments(
         output_dir=str(output_dir), max_steps=steps, learning_rate=learning_rate,
         per_device_train_batch_size=per_process(cfg["batch_size"]), warmup_ratio=cfg["warmup_ratio"],
         seed=seed, data_seed=seed, save_strategy="steps", save_steps=save_every, save_total_limit=1,
@@ -157,6 +157,7 @@ def train(model, tokenizer, texts, cfg, compute, seed, output_dir, steps, learni
         Trainer(model=model, args=args, train_dataset=rows,
                 data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),  # labels: the inputs, pads -100
                 callbacks=[LiveCurves(curves_dir)] if curves_dir else []).train(resume_from_checkpoint=resume_point(output_dir))
+    own_forward(model)  # the perplexity after runs in fp32, as the one before did
     return time.perf_counter() - started
 
 
@@ -290,11 +291,13 @@ def train_and_save(stage, model, tokenizer, texts, validation, params, steps, le
     """What each lm training stage does: validation perplexity, `steps` steps of training on `texts` (resumed from
     checkpoints/<stage> after a kill), perplexity again, then the model (peft's adapter alone for a peft model),
     tokenizer, metrics and curves put in place together; rank 0 alone writes."""
+    from transfer.modeling import pick_device
     from transfer.outputs import replaced_together, write_json
     from transfer.training import checkpointing, launcher
 
     out_dir, metrics, timing, curves, checkpoints = outputs(stage)
     cfg, seed = params["causal_lm"], params["seed"]
+    model.to(pick_device())  # where the Trainer trains it, so that before and after run on the same device
     before = perplexity(model, tokenizer, validation, cfg["max_length"], cfg["batch_size"])
     seconds = 0.0
     if steps:

@@ -297,8 +297,8 @@ def train(model, tokenizer, parts, cfg, params, output_dir, epochs, learning_rat
     from transformers import DataCollatorForTokenClassification, Trainer, TrainingArguments
 
     from transfer.training.checkpointing import resume_point
-    from transfer.training.compute import cpu_kernels, training_arguments
-    from transfer.training.launcher import per_process, plain_cpu
+    from transfer.training.compute import cpu_kernels, own_forward, training_arguments
+    from transfer.training.launcher import one_device_per_process, per_process
     from transfer.training.tracking import LiveCurves, show_progress
 
     names = tag_names(model.config)
@@ -310,7 +310,7 @@ def train(model, tokenizer, parts, cfg, params, output_dir, epochs, learning_rat
         true, predicted = tags_from_logits(prediction.predictions, prediction.label_ids, names, model)
         return {"entity_f1": entity_scores(true, predicted)["f1"]}
 
-    args = plain_cpu(TrainingArguments(
+    args = one_device_per_process(TrainingArguments(
         output_dir=str(output_dir), num_train_epochs=epochs, learning_rate=learning_rate,
         per_device_train_batch_size=per_process(cfg["batch_size"]), per_device_eval_batch_size=64,
         warmup_ratio=cfg["warmup_ratio"], weight_decay=0.01, seed=params["seed"], data_seed=params["seed"],
@@ -327,7 +327,9 @@ def train(model, tokenizer, parts, cfg, params, output_dir, epochs, learning_rat
     with cpu_kernels(params["compute"]):
         trainer.train(resume_from_checkpoint=resume_point(output_dir))
         seconds = time.perf_counter() - started
-        return seconds, trainer.evaluate()["eval_entity_f1"]
+        validation_entity_f1 = trainer.evaluate()["eval_entity_f1"]
+    own_forward(model)  # the caller gets the model as it came, without the training's autocast around forward
+    return seconds, validation_entity_f1
 
 
 def crf_optimizer(model, args, crf_learning_rate):

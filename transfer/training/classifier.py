@@ -11,8 +11,9 @@ from transfer.data.dataset import to_dataset
 from transfer.modeling import count_parameters
 from transfer.tasks.classification import classification_report, trainer_metrics
 from transfer.training.checkpointing import SaveEvery, resume_point
-from transfer.training.compute import across_processes, cpu_kernels, training_arguments as compute_arguments
-from transfer.training.launcher import per_process, plain_cpu
+from transfer.training.compute import (across_processes, cpu_kernels, own_forward,
+                                       training_arguments as compute_arguments)
+from transfer.training.launcher import one_device_per_process, per_process
 from transfer.training.tracking import LiveCurves, show_progress
 
 UNEVEN = 1.5  # largest / smallest class above this: the classes count as uneven
@@ -205,7 +206,7 @@ def scheduler_options(train_cfg):
 def training_arguments(output_dir, train_cfg, compute, epochs, learning_rate, seed):
     from transformers import TrainingArguments
 
-    return plain_cpu(TrainingArguments(
+    return one_device_per_process(TrainingArguments(
         output_dir=str(output_dir), num_train_epochs=epochs, learning_rate=learning_rate, seed=seed, data_seed=seed,
         per_device_train_batch_size=per_process(train_cfg["batch_size"]),
         per_device_eval_batch_size=train_cfg["eval_batch_size"],
@@ -261,6 +262,7 @@ def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, out
         if best is None:
             validation = trainer.predict(trainer.eval_dataset, metric_key_prefix="eval")
             best = validation.predictions, validation.label_ids, validation.metrics
+    own_forward(model)  # what the caller predicts with it runs in fp32, not under the training's autocast
     logits, label_ids, validation = best
     logits = logits[0] if isinstance(logits, tuple) else logits
     report = classification_report(label_ids, logits.argmax(axis=-1),  # label_ids beside, in the evaluated order

@@ -26,12 +26,13 @@ def precision(setting):
     if setting == "auto":
         if not cuda:
             return "fp32"  # bf16 autocast on a CPU without bf16 instructions is slower than fp32
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     if setting == "fp16" and not cuda:
         raise UserError("params.yaml: compute.precision is fp16, which needs a GPU (CUDA) and none is visible here. "
                         "Use auto (fp32 on a CPU) or bf16 (autocast on the CPU: fast only where it has bf16 "
                         "instructions).")
-    if setting == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+    # by default torch counts bf16 emulated in fp32 (a V100, a T4) as supported: slower than fp16, and no tensor cores
+    if setting == "bf16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise UserError(f"params.yaml: compute.precision is bf16, which this GPU ({torch.cuda.get_device_name()}) "
                         "cannot run: it came before Ampere. Use auto or fp16, which trains with loss scaling.")
     return setting
@@ -130,3 +131,17 @@ def training_arguments(compute):
         # non-reentrant: the frozen embeddings of a LoRA or adapter model need no grad for the layers to get one
         "gradient_checkpointing_kwargs": {"use_reentrant": False} if checkpointing else None,
     }
+
+
+def own_forward(model):
+    """`model` with its own forward again after the Trainer trained it. In bf16 or fp16, accelerate's prepare_model
+    wraps model.forward in autocast and the Trainer never takes the wrapper off, so whatever ran the model after
+    training (the held-out loss or perplexity after, compress's fp32 test figures and latency) ran in half precision
+    under an fp32 name, and on a CPU at autocast's speed. A no-op for a model trained in fp32. Returns `model`."""
+    original = model.__dict__.pop("_original_forward", None)
+    if original is not None:
+        if getattr(original, "__func__", None) is type(model).forward:
+            del model.forward  # the class's forward, as before the Trainer
+        else:
+            model.forward = original
+    return model

@@ -57,7 +57,8 @@ def check(params):
     processes = params["launcher"]["processes"]
     if processes == 1:
         return
-    for section in ("train", "pretrain"):
+    task_section = {"causal-lm": "causal_lm", "token-classification": "token_classification"}.get(params["task"])
+    for section in ("train", "pretrain", *([task_section] if task_section else [])):
         if params[section]["batch_size"] % processes:
             raise UserError(f"params.yaml: {section}.batch_size ({params[section]['batch_size']}) must split evenly "
                             f"among launcher.processes ({processes}): each process trains on its share of every "
@@ -140,11 +141,16 @@ def _join_process_group():
         PartialState(cpu=not torch.cuda.is_available())
 
 
-def plain_cpu(args):
-    """TrainingArguments whose device, in a CPU process of several, is 'cpu': accelerate names it cpu:<rank>,
-    which torch.load cannot map a checkpoint's tensors to, so the Trainer's resume failed loading the optimizer."""
+def one_device_per_process(args):
+    """TrainingArguments that train each process on one device. In a CPU process of several that is 'cpu':
+    accelerate names it cpu:<rank>, which torch.load cannot map a checkpoint's tensors to, so the Trainer's resume
+    failed loading the optimizer. In a single process that sees several GPUs (launcher.claim_gpus: false, or the
+    compress stage, which the launcher does not start) it is the first GPU: the Trainer would spread each batch of
+    batch_size rows over all of them with DataParallel, so the optimizer saw batch_size x GPUs rows a step."""
     if world_size() > 1 and args.device.type == "cpu":
         args.__dict__["_setup_devices"] = torch.device("cpu")  # the cached value behind args.device
+    if world_size() == 1 and args.device.type == "cuda" and args.n_gpu > 1:
+        args._n_gpu = 1  # what n_gpu reads: the Trainer wraps the model in DataParallel where it is over 1
     return args
 
 

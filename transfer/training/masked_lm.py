@@ -5,8 +5,8 @@ import torch
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback
 
 from transfer.training.checkpointing import resume_point
-from transfer.training.compute import across_processes, cpu_kernels, training_arguments
-from transfer.training.launcher import per_process, plain_cpu
+from transfer.training.compute import across_processes, cpu_kernels, own_forward, training_arguments
+from transfer.training.launcher import one_device_per_process, per_process
 from transfer.training.tracking import LiveCurves, show_progress
 
 
@@ -115,7 +115,7 @@ def train_masked_lm(model, tokenizer, texts, cfg, compute, seed, output_dir, max
     from transformers import TrainingArguments
 
     train_set = Dataset.from_dict(dict(tokenizer(list(texts), truncation=True, max_length=cfg["max_length"])))
-    args = plain_cpu(TrainingArguments(
+    args = one_device_per_process(TrainingArguments(
         output_dir=str(output_dir), max_steps=max_steps, learning_rate=learning_rate,
         per_device_train_batch_size=per_process(cfg["batch_size"]), gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
         warmup_ratio=cfg["warmup_ratio"], seed=seed, data_seed=seed,
@@ -129,4 +129,5 @@ def train_masked_lm(model, tokenizer, texts, cfg, compute, seed, output_dir, max
     with cpu_kernels(compute):
         MaskedLMTrainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
                         callbacks=callbacks).train(resume_from_checkpoint=resume_from)
+    own_forward(model)  # the held-out loss after runs in fp32, as the one before did
     return time.perf_counter() - started
