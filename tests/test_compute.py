@@ -131,9 +131,11 @@ def test_the_classifier_head_runs_under_the_autocast(tiny_bert, tmp_path, monkey
 def test_after_training_in_bf16_the_model_runs_in_fp32_again(tiny_bert, tmp_path, monkeypatch):
     """accelerate wraps model.forward in autocast for a bf16 run and the Trainer leaves the wrapper on: whatever ran
     the model after training (compress's fp32 test figures and latency, the held-out loss after pretraining, the
-    perplexity after lm_finetune) ran in bf16 under an fp32 name."""
+    perplexity after lm_finetune) ran in bf16 under an fp32 name. On an Ampere GPU TrainingArguments(tf32=True)
+    also leaves every later fp32 matmul in TF32."""
     as_on_a_gpu(monkeypatch, ResumableTrainer)
     as_on_a_gpu(monkeypatch, MaskedLMTrainer)
+    torch.backends.cuda.matmul.allow_tf32 = True  # as TrainingArguments(tf32=True) leaves it on such a GPU
     params = default_params()
     params["compute"]["precision"] = "bf16"
     params["train"].update(max_length=32, batch_size=8)
@@ -145,8 +147,12 @@ def test_after_training_in_bf16_the_model_runs_in_fp32_again(tiny_bert, tmp_path
              "masked-LM": HeadDtypes(encoder.cls.predictions.transform.dense)}
     monkeypatch.setattr(MaskedLMTrainer, "__init__", lambda self, *a, callbacks=(), **k: original_init(
         self, *a, callbacks=[*callbacks, spies["masked-LM"]], **k))
-    train_classifier(classifier, tokenizer, toy_parts(train=16), params, 1, 1e-3, tmp_path / "ckpt",
-                     callbacks=[spies["classifier"]])
+    try:
+        train_classifier(classifier, tokenizer, toy_parts(train=16), params, 1, 1e-3, tmp_path / "ckpt",
+                         callbacks=[spies["classifier"]])
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch's default, whatever the function did
     train_masked_lm(encoder, tokenizer, toy_texts(16)["review"].tolist(), {**params["pretrain"], "batch_size": 8,
                     "max_length": 32}, params["compute"], 0, tmp_path / "mlm", max_steps=2, learning_rate=1e-3,
                     save_every=100)

@@ -140,7 +140,7 @@ def train(model, tokenizer, texts, cfg, compute, seed, output_dir, steps, learni
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     from transfer.training.checkpointing import resume_point
-    from transfer.training.compute import cpu_kernels, own_forward, training_arguments
+    from transfer.training.compute import cpu_kernels, fp32_again, training_arguments
     from transfer.training.launcher import one_device_per_process, per_process
     from transfer.training.tracking import LiveCurves, show_progress
 
@@ -157,7 +157,7 @@ def train(model, tokenizer, texts, cfg, compute, seed, output_dir, steps, learni
         Trainer(model=model, args=args, train_dataset=rows,
                 data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),  # labels: the inputs, pads -100
                 callbacks=[LiveCurves(curves_dir)] if curves_dir else []).train(resume_from_checkpoint=resume_point(output_dir))
-    own_forward(model)  # the perplexity after runs in fp32, as the one before did
+    fp32_again(model)  # the perplexity after runs in fp32, as the one before did
     return time.perf_counter() - started
 
 

@@ -297,7 +297,7 @@ def train(model, tokenizer, parts, cfg, params, output_dir, epochs, learning_rat
     from transformers import DataCollatorForTokenClassification, Trainer, TrainingArguments
 
     from transfer.training.checkpointing import resume_point
-    from transfer.training.compute import cpu_kernels, own_forward, training_arguments
+    from transfer.training.compute import cpu_kernels, fp32_again, training_arguments
     from transfer.training.launcher import one_device_per_process, per_process
     from transfer.training.tracking import LiveCurves, show_progress
 
@@ -328,7 +328,7 @@ def train(model, tokenizer, parts, cfg, params, output_dir, epochs, learning_rat
         trainer.train(resume_from_checkpoint=resume_point(output_dir))
         seconds = time.perf_counter() - started
         validation_entity_f1 = trainer.evaluate()["eval_entity_f1"]
-    own_forward(model)  # the caller gets the model as it came, without the training's autocast around forward
+    fp32_again(model)  # the caller gets the model as it came, without the training's autocast around forward
     return seconds, validation_entity_f1
 
 

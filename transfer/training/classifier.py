@@ -11,7 +11,7 @@ from transfer.data.dataset import to_dataset
 from transfer.modeling import count_parameters
 from transfer.tasks.classification import classification_report, trainer_metrics
 from transfer.training.checkpointing import SaveEvery, resume_point
-from transfer.training.compute import (across_processes, cpu_kernels, own_forward,
+from transfer.training.compute import (across_processes, cpu_kernels, fp32_again,
                                        training_arguments as compute_arguments)
 from transfer.training.launcher import one_device_per_process, per_process
 from transfer.training.tracking import LiveCurves, show_progress
@@ -262,7 +262,7 @@ def train_classifier(model, tokenizer, parts, params, epochs, learning_rate, out
         if best is None:
             validation = trainer.predict(trainer.eval_dataset, metric_key_prefix="eval")
             best = validation.predictions, validation.label_ids, validation.metrics
-    own_forward(model)  # what the caller predicts with it runs in fp32, not under the training's autocast
+    fp32_again(model)  # what the caller predicts with it runs in fp32, not under the training's autocast or TF32
     logits, label_ids, validation = best
     logits = logits[0] if isinstance(logits, tuple) else logits
     report = classification_report(label_ids, logits.argmax(axis=-1),  # label_ids beside, in the evaluated order

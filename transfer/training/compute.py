@@ -133,15 +133,17 @@ def training_arguments(compute):
     }
 
 
-def own_forward(model):
-    """`model` with its own forward again after the Trainer trained it. In bf16 or fp16, accelerate's prepare_model
-    wraps model.forward in autocast and the Trainer never takes the wrapper off, so whatever ran the model after
-    training (the held-out loss or perplexity after, compress's fp32 test figures and latency) ran in half precision
-    under an fp32 name, and on a CPU at autocast's speed. A no-op for a model trained in fp32. Returns `model`."""
+def fp32_again(model):
+    """`model`, and PyTorch's matmuls, in fp32 again after the Trainer trained in bf16 or fp16, so that what runs the
+    model after training (the held-out loss or perplexity after, compress's fp32 test figures and latency) runs as
+    what ran before it did. accelerate's prepare_model wraps model.forward in autocast and the Trainer never takes the
+    wrapper off: the model gets its own forward back. TrainingArguments(tf32=True) switches fp32 matmuls to TF32 for
+    the whole process on an Ampere or later GPU: PyTorch's default (no TF32 in matmuls) is set back. Returns `model`."""
     original = model.__dict__.pop("_original_forward", None)
     if original is not None:
         if getattr(original, "__func__", None) is type(model).forward:
             del model.forward  # the class's forward, as before the Trainer
         else:
             model.forward = original
+    torch.backends.cuda.matmul.allow_tf32 = False
     return model

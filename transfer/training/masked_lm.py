@@ -5,7 +5,7 @@ import torch
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback
 
 from transfer.training.checkpointing import resume_point
-from transfer.training.compute import across_processes, cpu_kernels, own_forward, training_arguments
+from transfer.training.compute import across_processes, cpu_kernels, fp32_again, training_arguments
 from transfer.training.launcher import one_device_per_process, per_process
 from transfer.training.tracking import LiveCurves, show_progress
 
@@ -129,5 +129,5 @@ def train_masked_lm(model, tokenizer, texts, cfg, compute, seed, output_dir, max
     with cpu_kernels(compute):
         MaskedLMTrainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
                         callbacks=callbacks).train(resume_from_checkpoint=resume_from)
-    own_forward(model)  # the held-out loss after runs in fp32, as the one before did
+    fp32_again(model)  # the held-out loss after runs in fp32, as the one before did
     return time.perf_counter() - started
