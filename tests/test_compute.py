@@ -135,7 +135,6 @@ def test_after_training_in_bf16_the_model_runs_in_fp32_again(tiny_bert, tmp_path
     also leaves every later fp32 matmul in TF32."""
     as_on_a_gpu(monkeypatch, ResumableTrainer)
     as_on_a_gpu(monkeypatch, MaskedLMTrainer)
-    torch.backends.cuda.matmul.allow_tf32 = True  # as TrainingArguments(tf32=True) leaves it on such a GPU
     params = default_params()
     params["compute"]["precision"] = "bf16"
     params["train"].update(max_length=32, batch_size=8)
@@ -148,6 +147,7 @@ def test_after_training_in_bf16_the_model_runs_in_fp32_again(tiny_bert, tmp_path
     monkeypatch.setattr(MaskedLMTrainer, "__init__", lambda self, *a, callbacks=(), **k: original_init(
         self, *a, callbacks=[*callbacks, spies["masked-LM"]], **k))
     try:
+        torch.backends.cuda.matmul.allow_tf32 = True  # as TrainingArguments(tf32=True) leaves it on such a GPU
         train_classifier(classifier, tokenizer, toy_parts(train=16), params, 1, 1e-3, tmp_path / "ckpt",
                          callbacks=[spies["classifier"]])
         assert torch.backends.cuda.matmul.allow_tf32 is False

@@ -57,8 +57,11 @@ def check(params):
     processes = params["launcher"]["processes"]
     if processes == 1:
         return
-    task_section = {"causal-lm": "causal_lm", "token-classification": "token_classification"}.get(params["task"])
-    for section in ("train", "pretrain", *([task_section] if task_section else [])):
+    from transfer.tasks import causal_lm, token_classification
+
+    task_sections = (("causal_lm", causal_lm), ("token_classification", token_classification))
+    chosen_task = [section for section, task in task_sections if task.selected(params)]
+    for section in ("train", "pretrain", *chosen_task):
         if params[section]["batch_size"] % processes:
             raise UserError(f"params.yaml: {section}.batch_size ({params[section]['batch_size']}) must split evenly "
                             f"among launcher.processes ({processes}): each process trains on its share of every "
